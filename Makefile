@@ -1,0 +1,51 @@
+# pglab: two commands do all the setup on a fresh machine.
+#   make run    build .venv if missing, run the flagship study, write results + report
+#   make test   build .venv if missing, start the test services (SLURM), run the tests
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The CPU build of torch 2.13.0 lies in /opt/wheels on the reference machines.
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+PYTEST_ARGS ?=
+OUT ?= results
+
+.PHONY: venv run test test-fast lint format bench report lock clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/lock.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install $(FIND_LINKS) -c requirements/lock.txt -e '.[dev]'
+	@touch $(STAMP)
+
+run: venv
+	bash scripts/run_flagship.sh $(OUT)
+
+test: venv
+	bash scripts/run_tests.sh $(PYTEST_ARGS)
+
+test-fast: venv
+	$(BIN)/pytest -m "not slow and not slurm" $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+bench: venv
+	$(BIN)/python benchmarks/bench_tabular_sampling.py
+	$(BIN)/python benchmarks/bench_cartpole_rollouts.py
+	$(BIN)/python benchmarks/bench_job_overhead.py
+
+report: venv
+	$(BIN)/python -m analysis.report $(OUT)/runs --out $(OUT)/report
+
+lock: venv
+	$(BIN)/pip freeze --exclude-editable | sed 's/+cpu//' > requirements/lock.txt.new && mv requirements/lock.txt.new requirements/lock.txt
+
+clean:
+	rm -rf outputs multirun $(OUT) .pytest_cache .ruff_cache
