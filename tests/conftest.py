@@ -1,0 +1,39 @@
+"""Shared test fixtures. W&B is always offline in tests and writes only under tmp dirs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture(autouse=True)
+def _wandb_in_tmp(tmp_path_factory, monkeypatch):
+    wandb_home = tmp_path_factory.getbasetemp() / "wandb-home"
+    monkeypatch.setenv("WANDB_DIR", str(wandb_home))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(wandb_home / "cache"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(wandb_home / "config"))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(wandb_home / "data"))
+
+
+def run_app(script: str, *overrides: str, cwd: Path | None = None, timeout: float = 600,
+            check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python experiments/<script> <overrides>`` as a user would, in a subprocess."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / script), *overrides],
+        cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=full_env,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{script} {' '.join(overrides)} exited {proc.returncode}\n"
+            f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+        )
+    return proc
