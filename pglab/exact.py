@@ -1,0 +1,265 @@
+"""The exact oracle: values, occupancies, return and policy gradient of a tabular MDP.
+
+For a tabular softmax policy ``pi = softmax(theta)`` on a finite-horizon
+:class:`~pglab.mdp.TabularMDP` everything the estimators try to measure can be computed
+exactly by dynamic programming, in float64:
+
+* backward (Bellman) recursion, ``V_T = 0``::
+
+      Q_t(s, a) = r(s, a) + gamma * sum_{s'} P(s' | s, a) V_{t+1}(s')
+      V_t(s)    = sum_a pi(a | s) Q_t(s, a)
+
+* forward recursion for the state distribution, ``d_0 = rho``::
+
+      d_{t+1}(s') = sum_{s, a} d_t(s) pi(a | s) P(s' | s, a)
+
+* the objective ``J(theta) = sum_s rho(s) V_0(s) = E[sum_{t<T} gamma^t r(s_t, a_t)]``;
+
+* the finite-horizon policy-gradient theorem. With ``d pi(a|s) / d theta[s, b] =
+  pi(a|s) (1[a = b] - pi(b|s))``::
+
+      dJ / d theta[s, b] = sum_{t=0}^{T-1} gamma^t d_t(s) pi(b | s) (Q_t(s, b) - V_t(s)).
+
+Terminal states are absorbing with zero reward, so ``Q_t = V_t = 0`` there and they add
+nothing to the gradient; their probability mass stays in ``d_t``, so ``sum_s d_t(s) = 1``.
+
+Costs: ``O(T nnz(P))`` time, where ``nnz(P) <= S^2 A`` counts the non-zero transition
+probabilities (sparse ``P`` is handled by gathering its non-zeros); Taxi (``S = 501``,
+``A = 6``, ``T = 200``) takes 0.02-0.15 s on two CPU cores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pglab.mdp import TabularMDP
+from pglab.tabular_policy import check_logits, softmax_policy
+
+__all__ = [
+    "GRADIENT_METHODS",
+    "ExactSolution",
+    "expected_return",
+    "optimal_return",
+    "optimal_solution",
+    "policy_gradient",
+    "solve",
+]
+
+#: The ``method`` values accepted by :func:`policy_gradient`.
+GRADIENT_METHODS = ("theorem", "autograd")
+
+# Use the sparse (gather / index_add) path when at most this fraction of P is non-zero.
+_SPARSE_DENSITY = 0.1
+
+
+@dataclass(frozen=True)
+class ExactSolution:
+    """Everything the oracle knows about one policy on one MDP (all float64, CPU).
+
+    Attributes:
+        policy: ``[S, A]`` ``pi(a | s) = softmax(theta[s])_a``.
+        values: ``[T+1, S]`` ``V_t(s) = E[sum_{k=t}^{T-1} gamma^{k-t} r_k | s_t = s]``,
+            with ``V_T = 0``.
+        q_values: ``[T, S, A]`` ``Q_t(s, a) = r(s, a) + gamma sum_{s'} P(s'|s,a) V_{t+1}(s')``.
+        occupancy: ``[T, S]`` ``d_t(s) = P(s_t = s)`` (undiscounted; terminal mass included,
+            so each row sums to 1).
+        expected_return: ``J = sum_s rho(s) V_0(s)``.
+        gradient: ``[S, A]`` ``dJ/dtheta`` by the policy-gradient theorem.
+    """
+
+    policy: torch.Tensor
+    values: torch.Tensor
+    q_values: torch.Tensor
+    occupancy: torch.Tensor
+    expected_return: float
+    gradient: torch.Tensor
+
+    @property
+    def advantages(self) -> torch.Tensor:
+        """``[T, S, A]`` ``A_t(s, a) = Q_t(s, a) - V_t(s)``."""
+        return self.q_values - self.values[:-1, :, None]
+
+
+class _Dynamics:
+    """``P`` as a linear map, stored sparsely when most entries are zero.
+
+    ``expect(v)[s, a] = sum_{s'} P(s'|s,a) v(s')`` and
+    ``push(x)[s'] = sum_{s,a} x(s, a) P(s'|s,a)``. Gymnasium models have a handful of
+    successors per ``(s, a)`` (Taxi: 3006 of 1.5 million entries), where gathering the
+    non-zeros is ~50x faster than dense matrix-vector products.
+    """
+
+    def __init__(self, mdp: TabularMDP) -> None:
+        self.n_states, self.n_actions = mdp.n_states, mdp.n_actions
+        flat = mdp.transitions.reshape(self.n_states * self.n_actions, self.n_states)
+        nonzero = flat != 0
+        self.sparse = int(nonzero.sum()) <= _SPARSE_DENSITY * flat.numel()
+        if self.sparse:
+            self.rows, self.cols = torch.nonzero(nonzero, as_tuple=True)  # (s*A + a, s')
+            self.probs = flat[self.rows, self.cols]
+        else:
+            self.flat = flat  # [S*A, S]
+
+    def expect(self, values: torch.Tensor) -> torch.Tensor:
+        """``[S]`` -> ``[S, A]``: ``E[v(s') | s, a]``."""
+        if self.sparse:
+            out = torch.zeros(self.n_states * self.n_actions, dtype=torch.float64)
+            out.index_add_(0, self.rows, self.probs * values.index_select(0, self.cols))
+        else:
+            out = self.flat @ values
+        return out.reshape(self.n_states, self.n_actions)
+
+    def push(self, state_action: torch.Tensor) -> torch.Tensor:
+        """``[S, A]`` -> ``[S]``: mass of ``x(s, a)`` moved one step forward."""
+        flat_mass = state_action.reshape(-1)
+        if self.sparse:
+            out = torch.zeros(self.n_states, dtype=torch.float64)
+            return out.index_add_(0, self.cols, self.probs * flat_mass.index_select(0, self.rows))
+        return flat_mass @ self.flat
+
+
+def _logits_for(mdp: TabularMDP, logits: Any) -> torch.Tensor:
+    if not isinstance(mdp, TabularMDP):
+        raise ValueError(f"mdp must be a TabularMDP, got {type(mdp).__name__}")
+    return check_logits(logits, mdp.n_states, mdp.n_actions)
+
+
+def _backward(
+    mdp: TabularMDP, policy: torch.Tensor, dynamics: _Dynamics | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bellman recursion: ``(V [T+1, S], Q [T, S, A])`` for a fixed policy (no autograd)."""
+    dynamics = _Dynamics(mdp) if dynamics is None else dynamics
+    values = torch.zeros(mdp.horizon + 1, mdp.n_states, dtype=torch.float64)
+    q_values = torch.empty(mdp.horizon, mdp.n_states, mdp.n_actions, dtype=torch.float64)
+    for t in range(mdp.horizon - 1, -1, -1):
+        # Q_t(s, a) = r(s, a) + gamma sum_s' P(s'|s,a) V_{t+1}(s')
+        q_values[t] = mdp.rewards + mdp.gamma * dynamics.expect(values[t + 1])
+        # V_t(s) = sum_a pi(a|s) Q_t(s, a)
+        values[t] = (policy * q_values[t]).sum(dim=-1)
+    return values, q_values
+
+
+def _forward(
+    mdp: TabularMDP, policy: torch.Tensor, dynamics: _Dynamics | None = None
+) -> torch.Tensor:
+    """State distributions ``d_t(s) = P(s_t = s)``, ``[T, S]``."""
+    dynamics = _Dynamics(mdp) if dynamics is None else dynamics
+    occupancy = torch.empty(mdp.horizon, mdp.n_states, dtype=torch.float64)
+    occupancy[0] = mdp.initial
+    for t in range(mdp.horizon - 1):
+        # d_{t+1}(s') = sum_{s,a} d_t(s) pi(a|s) P(s'|s,a)
+        occupancy[t + 1] = dynamics.push(occupancy[t, :, None] * policy)
+    return occupancy
+
+
+def _discounts(mdp: TabularMDP) -> torch.Tensor:
+    """``[T]`` ``gamma^t`` (with ``0^0 = 1``)."""
+    return mdp.gamma ** torch.arange(mdp.horizon, dtype=torch.float64)
+
+
+def solve(mdp: TabularMDP, logits: Any) -> ExactSolution:
+    """Exact values, occupancies, return and gradient of ``softmax(logits)`` on ``mdp``.
+
+    Args:
+        mdp: the MDP.
+        logits: ``[S, A]`` real logits ``theta`` (tensor, array or list); validated against
+            ``mdp`` (shape and finiteness) before any work.
+
+    Returns:
+        :class:`ExactSolution`; the gradient uses the policy-gradient theorem
+        ``dJ/dtheta[s, b] = sum_t gamma^t d_t(s) pi(b|s) (Q_t(s, b) - V_t(s))``.
+    """
+    theta = _logits_for(mdp, logits).detach()
+    policy = softmax_policy(theta)
+    dynamics = _Dynamics(mdp)
+    values, q_values = _backward(mdp, policy, dynamics)
+    occupancy = _forward(mdp, policy, dynamics)
+    advantages = q_values - values[:-1, :, None]  # [T, S, A]
+    weights = _discounts(mdp)[:, None] * occupancy  # [T, S]  gamma^t d_t(s)
+    gradient = policy * torch.einsum("ts,tsa->sa", weights, advantages)
+    return ExactSolution(
+        policy=policy,
+        values=values,
+        q_values=q_values,
+        occupancy=occupancy,
+        expected_return=float(mdp.initial @ values[0]),
+        gradient=gradient,
+    )
+
+
+def expected_return(mdp: TabularMDP, logits: Any) -> float:
+    """``J(theta) = sum_s rho(s) V_0(s)`` by the backward recursion (float64)."""
+    theta = _logits_for(mdp, logits).detach()
+    values, _ = _backward(mdp, softmax_policy(theta))
+    return float(mdp.initial @ values[0])
+
+
+def _autograd_gradient(mdp: TabularMDP, theta: torch.Tensor) -> torch.Tensor:
+    """``dJ/dtheta`` by reverse-mode differentiation of the Bellman recursion.
+
+    Shares no code with the theorem path beyond ``softmax``: it never forms ``d_t`` or
+    advantages, it only differentiates ``J = rho . V_0``.
+    """
+    leaf = theta.detach().clone().requires_grad_(True)
+    policy = torch.softmax(leaf, dim=-1)
+    value = torch.zeros(mdp.n_states, dtype=torch.float64)
+    for _ in range(mdp.horizon):
+        # V_t(s) = sum_a pi(a|s) [r(s,a) + gamma sum_s' P(s'|s,a) V_{t+1}(s')]
+        q_value = mdp.rewards + mdp.gamma * torch.einsum("sat,t->sa", mdp.transitions, value)
+        value = (policy * q_value).sum(dim=-1)
+    objective = mdp.initial @ value
+    (gradient,) = torch.autograd.grad(objective, leaf)
+    return gradient
+
+
+def policy_gradient(mdp: TabularMDP, logits: Any, method: str = "theorem") -> torch.Tensor:
+    """Exact ``dJ/dtheta``, ``[S, A]`` float64.
+
+    Args:
+        mdp: the MDP.
+        logits: ``[S, A]`` logits ``theta``.
+        method: ``"theorem"`` (policy-gradient theorem, as in :func:`solve`) or
+            ``"autograd"`` (reverse-mode autodiff through the backward Bellman recursion,
+            an independent code path used to cross-check the theorem).
+    """
+    if method not in GRADIENT_METHODS:
+        raise ValueError(f"unknown gradient method {method!r}; known: {list(GRADIENT_METHODS)}")
+    theta = _logits_for(mdp, logits)
+    if method == "autograd":
+        return _autograd_gradient(mdp, theta)
+    return solve(mdp, theta).gradient
+
+
+def optimal_solution(mdp: TabularMDP) -> tuple[torch.Tensor, torch.Tensor]:
+    """Optimal values and a greedy optimal (time-dependent, deterministic) policy.
+
+    Backward induction, ``V*_T = 0``::
+
+        Q*_t(s, a) = r(s, a) + gamma sum_{s'} P(s'|s,a) V*_{t+1}(s'),  V*_t(s) = max_a Q*_t(s, a).
+
+    Returns:
+        ``(values [T+1, S] float64, actions [T, S] int64)`` where ``actions[t, s]`` is an
+        argmax of ``Q*_t(s, .)`` (the lowest action index among ties). The optimum over all
+        policies may be non-stationary; a stationary softmax policy can reach at most
+        ``optimal_return(mdp)``.
+    """
+    if not isinstance(mdp, TabularMDP):
+        raise ValueError(f"mdp must be a TabularMDP, got {type(mdp).__name__}")
+    dynamics = _Dynamics(mdp)
+    values = torch.zeros(mdp.horizon + 1, mdp.n_states, dtype=torch.float64)
+    actions = torch.empty(mdp.horizon, mdp.n_states, dtype=torch.int64)
+    for t in range(mdp.horizon - 1, -1, -1):
+        q_values = mdp.rewards + mdp.gamma * dynamics.expect(values[t + 1])
+        # argmax returns the first maximal index, so ties go to the lowest action.
+        actions[t] = torch.argmax(q_values, dim=-1)
+        values[t] = q_values.gather(1, actions[t, :, None]).squeeze(1)
+    return values, actions
+
+
+def optimal_return(mdp: TabularMDP) -> float:
+    """``J* = sum_s rho(s) V*_0(s)``, the best expected return of any policy."""
+    values, _ = optimal_solution(mdp)
+    return float(mdp.initial @ values[0])

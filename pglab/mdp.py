@@ -1,0 +1,612 @@
+"""Finite-horizon tabular MDPs: the object every exact and sampled computation runs on.
+
+A :class:`TabularMDP` is the tuple ``(P, r, rho, T, gamma, terminal)``:
+
+===========  =============  =======  ====================================================
+attribute    shape          dtype    meaning
+===========  =============  =======  ====================================================
+transitions  ``[S, A, S]``  float64  ``P(s' | s, a)``; every row ``P[s, a, :]`` sums to 1
+rewards      ``[S, A]``     float64  expected immediate reward ``r(s, a)``
+initial      ``[S]``        float64  start distribution ``rho(s) = P(s_0 = s)``
+horizon      scalar         int      ``T >= 1``, the number of decisions in an episode
+gamma        scalar         float    discount ``gamma`` in ``[0, 1]``
+terminal     ``[S]``        bool     absorbing states with zero reward
+===========  =============  =======  ====================================================
+
+The objective of a policy ``pi`` is the expected discounted return over ``T`` decisions::
+
+    J(pi) = E[ sum_{t=0}^{T-1} gamma^t r(s_t, a_t) ],  s_0 ~ rho, a_t ~ pi(.|s_t),
+                                                        s_{t+1} ~ P(.|s_t, a_t).
+
+Terminal states are absorbing (``P[s, a, s] = 1``) and pay nothing (``r(s, a) = 0``) under
+every action, so once an episode reaches one, the remaining steps add zero to ``J``. Those
+steps are not part of the trajectory: samplers mask them out, and the exact oracle gets
+``Q = V = 0`` there for free.
+
+Construction validates every field and raises :class:`ValueError` naming the field, the
+index and the offending value before anything is stored. Inputs may be lists, numpy arrays
+or tensors; the MDP keeps its own float64 copies, so later changes to the caller's arrays
+do not leak in.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["PROBABILITY_TOLERANCE", "TabularMDP"]
+
+#: Absolute tolerance for "is a probability distribution": entries may be as low as
+#: ``-PROBABILITY_TOLERANCE`` (they are then clipped to 0) and sums may miss 1 by at most
+#: this much.
+PROBABILITY_TOLERANCE = 1e-8
+
+_REQUIRED_FILE_KEYS = ("horizon", "initial", "transitions", "rewards")
+_OPTIONAL_FILE_KEYS = ("name", "gamma", "terminal", "states", "actions")
+
+
+def _fmt(value: float) -> str:
+    """Short, unambiguous rendering of a number for error messages."""
+    return f"{float(value):.12g}"
+
+
+def _index(flat_index: int, shape: Sequence[int]) -> str:
+    """``[3, 1]`` style rendering of a multi-index from a flat position."""
+    return "[" + ", ".join(str(int(i)) for i in np.unravel_index(flat_index, tuple(shape))) + "]"
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(int(n)) for n in shape) + "]"
+
+
+def _to_float64(field: str, value: Any) -> torch.Tensor:
+    """A float64 tensor that shares no memory with ``value``; ValueError if not numeric."""
+    try:
+        if isinstance(value, torch.Tensor):
+            if value.is_complex():
+                raise TypeError("complex")
+            tensor = value.detach().to(device="cpu", dtype=torch.float64).clone()
+        else:
+            array = np.array(value, dtype=np.float64)  # np.array copies
+            tensor = torch.from_numpy(array)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"{field} must be a numeric array (list, numpy array or tensor); "
+            f"could not convert a {type(value).__name__}: {error}"
+        ) from None
+    return tensor
+
+
+def _check_finite(field: str, tensor: torch.Tensor) -> None:
+    bad = ~torch.isfinite(tensor)
+    if bool(bad.any()):
+        flat = int(torch.nonzero(bad.reshape(-1))[0])
+        value = tensor.reshape(-1)[flat].item()
+        raise ValueError(
+            f"{field}{_index(flat, tensor.shape)} is {value}; all entries must be finite"
+        )
+
+
+def _check_distribution(field: str, tensor: torch.Tensor, tol: float) -> torch.Tensor:
+    """Check that the last axis of ``tensor`` holds distributions; return it clipped at 0."""
+    _check_finite(field, tensor)
+    negative = tensor < -tol
+    if bool(negative.any()):
+        flat = int(torch.nonzero(negative.reshape(-1))[0])
+        value = tensor.reshape(-1)[flat].item()
+        raise ValueError(
+            f"{field}{_index(flat, tensor.shape)} is {_fmt(value)}; probabilities must be "
+            f">= 0 (tolerance {tol:g})"
+        )
+    sums = tensor.sum(dim=-1)
+    off = (sums - 1.0).abs() > tol
+    if bool(off.any()):
+        flat = int(torch.nonzero(off.reshape(-1))[0])
+        total = sums.reshape(-1)[flat].item()
+        where = _index(flat, sums.shape) if sums.dim() > 0 else ""
+        raise ValueError(f"{field}{where} sums to {_fmt(total)}, expected 1 (tolerance {tol:g})")
+    return tensor.clamp_min(0.0)
+
+
+class TabularMDP:
+    """A finite-horizon MDP with ``S`` states and ``A`` actions, stored as float64 tensors.
+
+    Args:
+        transitions: ``[S, A, S]`` transition probabilities ``P(s' | s, a)``. Entries must be
+            finite and ``>= -1e-8`` (tiny negatives are clipped to 0) and every row
+            ``transitions[s, a]`` must sum to 1 within ``1e-8``.
+        rewards: expected rewards ``r(s, a)`` with shape ``[S, A]``, or per-transition
+            rewards ``R(s, a, s')`` with shape ``[S, A, S]``, which are reduced to
+            ``r(s, a) = sum_{s'} P(s' | s, a) R(s, a, s')``. Must be finite.
+        initial: ``[S]`` start distribution ``rho``.
+        horizon: ``T``, the number of decisions per episode; an ``int >= 1``.
+        gamma: discount factor in ``[0, 1]``; ``J = E[sum_t gamma^t r_t]``.
+        terminal: optional ``[S]`` boolean mask of terminal states (default: none). Every
+            terminal ``s`` must be absorbing (``P[s, a, s] = 1`` for all ``a``) with zero
+            reward (``r(s, a) = 0`` for all ``a``).
+        name: a label used in ``repr`` and in stored results.
+        state_names: optional ``S`` labels (e.g. ``"start"``), kept for display and files.
+        action_names: optional ``A`` labels (e.g. ``"left"``).
+
+    Raises:
+        ValueError: on any malformed field, naming the field, the index and the value, e.g.
+            ``transitions[3, 1] sums to 0.97, expected 1 (tolerance 1e-08)``.
+
+    Attributes ``transitions``, ``rewards``, ``initial`` and ``terminal`` are private copies
+    (float64 / bool, on the CPU); treat them as read-only.
+    """
+
+    transitions: torch.Tensor
+    rewards: torch.Tensor
+    initial: torch.Tensor
+    horizon: int
+    gamma: float
+    terminal: torch.Tensor
+    name: str
+    state_names: tuple[str, ...] | None
+    action_names: tuple[str, ...] | None
+
+    def __init__(
+        self,
+        transitions: Any,
+        rewards: Any,
+        initial: Any,
+        horizon: int,
+        gamma: float = 1.0,
+        terminal: Any = None,
+        name: str = "custom",
+        state_names: Sequence[str] | None = None,
+        action_names: Sequence[str] | None = None,
+    ) -> None:
+        tol = PROBABILITY_TOLERANCE
+
+        # --- scalars -------------------------------------------------------------------
+        if not isinstance(name, str):
+            raise ValueError(f"name must be a str, got {name!r} ({type(name).__name__})")
+        if isinstance(horizon, bool) or not isinstance(horizon, numbers.Integral):
+            raise ValueError(
+                f"horizon must be an int >= 1, got {horizon!r} ({type(horizon).__name__})"
+            )
+        if horizon < 1:
+            raise ValueError(f"horizon must be an int >= 1, got {horizon}")
+        if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
+            raise ValueError(f"gamma must be a real number in [0, 1], got {gamma!r}")
+        if not (math.isfinite(float(gamma)) and 0.0 <= float(gamma) <= 1.0):
+            raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
+
+        # --- transitions ---------------------------------------------------------------
+        p = _to_float64("transitions", transitions)
+        if p.dim() != 3 or p.shape[0] != p.shape[2] or p.shape[0] == 0 or p.shape[1] == 0:
+            raise ValueError(
+                f"transitions must have shape [S, A, S] with S, A >= 1, got shape {_shape(p.shape)}"
+            )
+        n_states, n_actions = int(p.shape[0]), int(p.shape[1])
+        p = _check_distribution("transitions", p, tol)
+
+        # --- rewards -------------------------------------------------------------------
+        r = _to_float64("rewards", rewards)
+        if tuple(r.shape) == (n_states, n_actions, n_states):
+            _check_finite("rewards", r)
+            r = (p * r).sum(dim=-1)
+        elif tuple(r.shape) == (n_states, n_actions):
+            _check_finite("rewards", r)
+        else:
+            raise ValueError(
+                f"rewards has shape {_shape(r.shape)}, expected [S, A] = "
+                f"{_shape((n_states, n_actions))} or [S, A, S] = "
+                f"{_shape((n_states, n_actions, n_states))} (from transitions)"
+            )
+
+        # --- initial -------------------------------------------------------------------
+        rho = _to_float64("initial", initial)
+        if tuple(rho.shape) != (n_states,):
+            raise ValueError(
+                f"initial has shape {_shape(rho.shape)}, expected [S] = [{n_states}] "
+                "(from transitions)"
+            )
+        rho = _check_distribution("initial", rho, tol)
+
+        # --- terminal ------------------------------------------------------------------
+        if terminal is None:
+            term = torch.zeros(n_states, dtype=torch.bool)
+        else:
+            term_array = np.array(
+                terminal.detach().cpu().numpy() if isinstance(terminal, torch.Tensor) else terminal
+            )
+            if term_array.dtype != np.bool_:
+                raise ValueError(
+                    f"terminal must be a boolean mask of shape [S] = [{n_states}], got dtype "
+                    f"{term_array.dtype} (to give state indices, build the mask first)"
+                )
+            if term_array.shape != (n_states,):
+                raise ValueError(
+                    f"terminal has shape {_shape(term_array.shape)}, expected [S] = "
+                    f"[{n_states}] (from transitions)"
+                )
+            term = torch.from_numpy(term_array.copy())
+        for s in torch.nonzero(term).flatten().tolist():
+            for a in range(n_actions):
+                stay = p[s, a, s].item()
+                if abs(stay - 1.0) > tol:
+                    raise ValueError(
+                        f"transitions[{s}, {a}, {s}] is {_fmt(stay)} but state {s} is terminal; "
+                        "terminal states must be absorbing (P[s, a, s] = 1 for every action)"
+                    )
+                reward = r[s, a].item()
+                if reward != 0.0:
+                    raise ValueError(
+                        f"rewards[{s}, {a}] is {_fmt(reward)} but state {s} is terminal; "
+                        "terminal states must give zero reward"
+                    )
+
+        # --- names ---------------------------------------------------------------------
+        states = self._check_names("state_names", state_names, n_states)
+        actions = self._check_names("action_names", action_names, n_actions)
+
+        self.transitions = p
+        self.rewards = r
+        self.initial = rho
+        self.horizon = int(horizon)
+        self.gamma = float(gamma)
+        self.terminal = term
+        self.name = name
+        self.state_names = states
+        self.action_names = actions
+
+    @staticmethod
+    def _check_names(field: str, names: Sequence[str] | None, n: int) -> tuple[str, ...] | None:
+        if names is None:
+            return None
+        if isinstance(names, str):
+            raise ValueError(f"{field} must be a sequence of {n} strings, got the string {names!r}")
+        names = tuple(names)
+        if len(names) != n:
+            raise ValueError(f"{field} has {len(names)} entries, expected {n}")
+        for i, label in enumerate(names):
+            if not isinstance(label, str):
+                raise ValueError(f"{field}[{i}] is {label!r}; names must be strings")
+        return names
+
+    # --- sizes and display -------------------------------------------------------------
+    @property
+    def n_states(self) -> int:
+        """``S``, the number of states (including any added terminal state)."""
+        return int(self.transitions.shape[0])
+
+    @property
+    def n_actions(self) -> int:
+        """``A``, the number of actions, the same in every state."""
+        return int(self.transitions.shape[1])
+
+    def __repr__(self) -> str:
+        n_terminal = int(self.terminal.sum())
+        return (
+            f"TabularMDP(name={self.name!r}, n_states={self.n_states}, "
+            f"n_actions={self.n_actions}, horizon={self.horizon}, gamma={self.gamma!r}, "
+            f"n_terminal={n_terminal})"
+        )
+
+    def replace(self, **changes: Any) -> TabularMDP:
+        """A validated copy with some constructor arguments changed, e.g. ``horizon=50``."""
+        fields = {
+            "transitions": self.transitions,
+            "rewards": self.rewards,
+            "initial": self.initial,
+            "horizon": self.horizon,
+            "gamma": self.gamma,
+            "terminal": self.terminal,
+            "name": self.name,
+            "state_names": self.state_names,
+            "action_names": self.action_names,
+        }
+        unknown = sorted(set(changes) - set(fields))
+        if unknown:
+            raise ValueError(f"replace() got unknown field(s) {unknown}; known: {sorted(fields)}")
+        fields.update(changes)
+        return TabularMDP(**fields)
+
+    # --- gymnasium ---------------------------------------------------------------------
+    @classmethod
+    def from_gymnasium(
+        cls,
+        env: Any,
+        horizon: int | None = None,
+        gamma: float = 1.0,
+        name: str | None = None,
+        **make_kwargs: Any,
+    ) -> TabularMDP:
+        """Build the MDP of a gymnasium toy-text environment from its model ``env.unwrapped.P``.
+
+        Args:
+            env: a gymnasium environment object, or an id string such as ``"FrozenLake-v1"``
+                (then made with ``gymnasium.make(env, **make_kwargs)`` and closed again).
+            horizon: ``T``; defaults to ``env.spec.max_episode_steps`` (the ``TimeLimit`` the
+                registry puts on the env). A ValueError is raised if neither exists, e.g. for
+                ``CliffWalking-v1``, which has no time limit.
+            gamma: discount factor in ``[0, 1]``.
+            name: label; defaults to ``env.spec.id`` (or the class name without a spec).
+
+        How the model is read. ``P[s][a]`` is a list of ``(prob, next_state, reward,
+        terminated)`` outcomes (toy-text convention, used by FrozenLake, CliffWalking and
+        Taxi). Then
+
+        * ``P(s' | s, a)`` sums the probabilities of all outcomes landing in ``s'``
+          (FrozenLake lists the same next state twice when a slip hits a wall);
+        * ``r(s, a) = sum_outcomes prob * reward`` is the expected reward, including the
+          reward of the step that terminates;
+        * ``initial`` is ``env.unwrapped.initial_state_distrib`` (FrozenLake, Taxi and
+          CliffWalking all define it; CliffWalking puts all mass on its start state 36).
+
+        Termination. An outcome with ``terminated=True`` ends the episode, so it must lead
+        to a terminal (absorbing, zero-reward) state:
+
+        * if the landing state ``s'`` is already absorbing with zero reward under every
+          action in ``P`` (FrozenLake's holes and goal), ``s'`` itself is marked terminal;
+        * otherwise (CliffWalking's goal 47 and Taxi's drop-off states still carry ordinary
+          dynamics in ``P``) the outcome is routed to **one extra absorbing terminal state
+          with index S**, appended after the env's states. The MDP then has ``S + 1``
+          states, so logits have ``S + 1`` rows; env observations ``0..S-1`` keep their
+          indices, and the extra state has ``rho = 0``.
+
+        Time limits are not terminations: the ``TimeLimit`` truncation is what ``horizon``
+        models.
+
+        Returns:
+            A validated :class:`TabularMDP` (float64).
+        """
+        owns_env = isinstance(env, str)
+        if owns_env:
+            import gymnasium
+
+            env = gymnasium.make(env, **make_kwargs)
+        elif make_kwargs:
+            raise ValueError(
+                f"make_kwargs {sorted(make_kwargs)} only apply when env is an id string"
+            )
+        try:
+            return cls._from_gymnasium_env(env, horizon=horizon, gamma=gamma, name=name)
+        finally:
+            if owns_env:
+                env.close()
+
+    @classmethod
+    def _from_gymnasium_env(
+        cls, env: Any, horizon: int | None, gamma: float, name: str | None
+    ) -> TabularMDP:
+        unwrapped = env.unwrapped
+        spec = getattr(env, "spec", None)
+        env_name = spec.id if spec is not None else type(unwrapped).__name__
+        model = getattr(unwrapped, "P", None)
+        if not isinstance(model, dict):
+            raise ValueError(
+                f"env {env_name} has no tabular model env.unwrapped.P "
+                "(dict state -> action -> [(prob, next_state, reward, terminated)])"
+            )
+        n_states = int(getattr(unwrapped.observation_space, "n", len(model)))
+        n_actions = int(getattr(unwrapped.action_space, "n", len(model[0])))
+        if horizon is None:
+            horizon = getattr(spec, "max_episode_steps", None) if spec is not None else None
+            if horizon is None:
+                raise ValueError(
+                    f"horizon: env {env_name} has no max_episode_steps (no TimeLimit); "
+                    "pass horizon=..."
+                )
+        initial_env = getattr(unwrapped, "initial_state_distrib", None)
+        if initial_env is None:
+            raise ValueError(
+                f"initial: env {env_name} has no initial_state_distrib attribute; "
+                "build the TabularMDP by hand"
+            )
+
+        # Flatten the outcome lists into columns (one Python pass; the rest is vectorised).
+        rows_s, rows_a, probs, nexts, rewards, dones = [], [], [], [], [], []
+        for s in range(n_states):
+            for a in range(n_actions):
+                for prob, next_state, reward, terminated in model[s][a]:
+                    rows_s.append(s)
+                    rows_a.append(a)
+                    probs.append(prob)
+                    nexts.append(next_state)
+                    rewards.append(reward)
+                    dones.append(terminated)
+        rows_s_np = np.asarray(rows_s, dtype=np.int64)
+        rows_a_np = np.asarray(rows_a, dtype=np.int64)
+        probs_np = np.asarray(probs, dtype=np.float64)
+        nexts_np = np.asarray(nexts, dtype=np.int64)
+        rewards_np = np.asarray(rewards, dtype=np.float64)
+        dones_np = np.asarray(dones, dtype=bool) & (probs_np > 0)
+
+        # States that are absorbing with zero reward under every action, as P stands.
+        live = probs_np > 0
+        leaves = live & (nexts_np != rows_s_np)
+        pays = live & (rewards_np != 0)
+        absorbing = np.ones(n_states, dtype=bool)
+        absorbing[rows_s_np[leaves | pays]] = False
+
+        landing = np.zeros(n_states, dtype=bool)
+        landing[nexts_np[dones_np]] = True
+        terminal_env = landing & absorbing
+        needs_extra = bool((dones_np & ~terminal_env[nexts_np]).any())
+        n_total = n_states + 1 if needs_extra else n_states
+
+        targets = nexts_np.copy()
+        if needs_extra:
+            targets[dones_np & ~terminal_env[nexts_np]] = n_states
+
+        transitions = np.zeros((n_total, n_actions, n_total), dtype=np.float64)
+        np.add.at(transitions, (rows_s_np, rows_a_np, targets), probs_np)
+        expected_reward = np.zeros((n_total, n_actions), dtype=np.float64)
+        np.add.at(expected_reward, (rows_s_np, rows_a_np), probs_np * rewards_np)
+        terminal = np.zeros(n_total, dtype=bool)
+        terminal[:n_states] = terminal_env
+        if needs_extra:
+            terminal[n_states] = True
+            transitions[n_states, :, n_states] = 1.0
+        initial = np.zeros(n_total, dtype=np.float64)
+        initial[:n_states] = np.asarray(initial_env, dtype=np.float64)
+
+        return cls(
+            transitions=transitions,
+            rewards=expected_reward,
+            initial=initial,
+            horizon=horizon,
+            gamma=gamma,
+            terminal=terminal,
+            name=name if name is not None else env_name,
+        )
+
+    # --- files -------------------------------------------------------------------------
+    @classmethod
+    def from_file(cls, path: str | Path) -> TabularMDP:
+        """Load an MDP from a ``.yaml``/``.yml`` or ``.npz`` file.
+
+        YAML: a mapping with these keys (lists are nested plain lists)::
+
+            name: two_state            # optional str, default: the file name without suffix
+            horizon: 3                 # required int >= 1, T
+            gamma: 1.0                 # optional float in [0, 1], default 1.0
+            initial: [1.0, 0.0]        # required [S], rho
+            transitions:               # required [S][A][S], P(s'|s,a)
+              - [[1.0, 0.0], [0.0, 1.0]]
+              - [[0.0, 1.0], [0.0, 1.0]]
+            rewards:                   # required [S][A] r(s,a), or [S][A][S] R(s,a,s')
+              - [1.0, 0.0]
+              - [2.0, 0.0]
+            terminal: [3]              # optional: state indices, or [S] booleans
+            states: [start, goal]      # optional [S] state names
+            actions: [stay, go]        # optional [A] action names
+
+        NPZ: the same names as arrays (``numpy.savez``): ``transitions`` ``[S, A, S]``,
+        ``rewards`` ``[S, A]`` or ``[S, A, S]``, ``initial`` ``[S]``, 0-d ``horizon``
+        (int) and ``gamma`` (float), and optionally 0-d string ``name``, ``terminal``
+        (``[S]`` bool or 1-d int indices), ``states`` / ``actions`` (1-d strings). The file
+        is read with ``allow_pickle=False``.
+
+        Unknown keys are an error (they are usually typos). A missing required key raises
+        ValueError naming the key and the file; the contents are then validated exactly as
+        in the constructor.
+        """
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix in (".yaml", ".yml"):
+            import yaml
+
+            with path.open("r", encoding="utf-8") as handle:
+                data = yaml.safe_load(handle)
+            if not isinstance(data, dict):
+                raise ValueError(
+                    f"{path}: expected a YAML mapping with keys {list(_REQUIRED_FILE_KEYS)}, "
+                    f"got {type(data).__name__}"
+                )
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                data = {key: archive[key] for key in archive.files}
+            for key in ("name", "horizon", "gamma"):
+                if key in data:
+                    data[key] = data[key].item()
+            for key in ("states", "actions"):
+                if key in data:
+                    data[key] = [str(label) for label in data[key].tolist()]
+        else:
+            raise ValueError(f"{path}: unknown MDP file suffix {path.suffix!r}; use .yaml or .npz")
+
+        missing = [key for key in _REQUIRED_FILE_KEYS if key not in data]
+        if missing:
+            raise ValueError(f"{path}: missing required key {missing[0]!r} (missing: {missing})")
+        unknown = sorted(set(data) - set(_REQUIRED_FILE_KEYS) - set(_OPTIONAL_FILE_KEYS))
+        if unknown:
+            raise ValueError(
+                f"{path}: unknown key {unknown[0]!r}; allowed keys are "
+                f"{list(_REQUIRED_FILE_KEYS + _OPTIONAL_FILE_KEYS)}"
+            )
+
+        transitions = data["transitions"]
+        terminal = data.get("terminal")
+        if terminal is not None:
+            n_states = len(transitions)
+            terminal = _terminal_mask(terminal, n_states)
+        return cls(
+            transitions=transitions,
+            rewards=data["rewards"],
+            initial=data["initial"],
+            horizon=data["horizon"],
+            gamma=data.get("gamma", 1.0),
+            terminal=terminal,
+            name=data.get("name", path.stem),
+            state_names=data.get("states"),
+            action_names=data.get("actions"),
+        )
+
+    def to_file(self, path: str | Path) -> None:
+        """Write the MDP to ``.yaml``/``.yml`` or ``.npz`` in the format of :meth:`from_file`.
+
+        Rewards are written as the expected ``r(s, a)`` (``[S][A]``), terminal states as a
+        list of indices. Floats are written with full precision, so ``from_file`` gives back
+        an identical MDP.
+        """
+        path = Path(path)
+        suffix = path.suffix.lower()
+        terminal_indices = torch.nonzero(self.terminal).flatten().tolist()
+        if suffix in (".yaml", ".yml"):
+            import yaml
+
+            data: dict[str, Any] = {
+                "name": self.name,
+                "horizon": self.horizon,
+                "gamma": self.gamma,
+                "initial": self.initial.tolist(),
+                "transitions": self.transitions.tolist(),
+                "rewards": self.rewards.tolist(),
+            }
+            if terminal_indices:
+                data["terminal"] = terminal_indices
+            if self.state_names is not None:
+                data["states"] = list(self.state_names)
+            if self.action_names is not None:
+                data["actions"] = list(self.action_names)
+            with path.open("w", encoding="utf-8") as handle:
+                yaml.safe_dump(data, handle, sort_keys=False, default_flow_style=None)
+        elif suffix == ".npz":
+            arrays: dict[str, np.ndarray] = {
+                "name": np.array(self.name),
+                "horizon": np.array(self.horizon, dtype=np.int64),
+                "gamma": np.array(self.gamma, dtype=np.float64),
+                "initial": self.initial.numpy(),
+                "transitions": self.transitions.numpy(),
+                "rewards": self.rewards.numpy(),
+                "terminal": self.terminal.numpy(),
+            }
+            if self.state_names is not None:
+                arrays["states"] = np.array(self.state_names, dtype=np.str_)
+            if self.action_names is not None:
+                arrays["actions"] = np.array(self.action_names, dtype=np.str_)
+            with path.open("wb") as handle:
+                np.savez(handle, **arrays)
+        else:
+            raise ValueError(f"{path}: unknown MDP file suffix {path.suffix!r}; use .yaml or .npz")
+
+
+def _terminal_mask(terminal: Any, n_states: int) -> np.ndarray:
+    """Turn a file's ``terminal`` entry (indices or ``[S]`` booleans) into a bool mask."""
+    values = np.asarray(terminal)
+    if values.dtype == np.bool_:
+        return values
+    values = values.reshape(-1)
+    if values.size and not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(
+            f"terminal must be a list of state indices or of {n_states} booleans, got {terminal!r}"
+        )
+    mask = np.zeros(n_states, dtype=bool)
+    for position, index in enumerate(values.tolist()):
+        if not 0 <= index < n_states:
+            raise ValueError(
+                f"terminal[{position}] is {index}, not a state index in [0, {n_states - 1}]"
+            )
+        mask[index] = True
+    return mask

@@ -1,0 +1,406 @@
+"""TabularMDP: validation, gymnasium import and file round trips."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from pglab import zoo
+from pglab.mdp import PROBABILITY_TOLERANCE, TabularMDP
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples" / "mdps"
+
+
+def small_arrays() -> dict:
+    """A valid 3-state, 2-action MDP whose state 2 is terminal."""
+    transitions = np.array(
+        [
+            [[0.5, 0.5, 0.0], [0.0, 0.2, 0.8]],
+            [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]],
+            [[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]],
+        ]
+    )
+    rewards = np.array([[1.0, -1.0], [0.5, 2.0], [0.0, 0.0]])
+    return {
+        "transitions": transitions,
+        "rewards": rewards,
+        "initial": np.array([0.7, 0.3, 0.0]),
+        "horizon": 4,
+        "gamma": 0.9,
+        "terminal": np.array([False, False, True]),
+        "name": "small",
+    }
+
+
+def with_changes(**changes) -> dict:
+    arrays = small_arrays()
+    arrays.update(changes)
+    return arrays
+
+
+# --------------------------------------------------------------------------------------
+# Construction
+# --------------------------------------------------------------------------------------
+def test_valid_mdp_stores_float64_copies():
+    arrays = small_arrays()
+    mdp = TabularMDP(**arrays)
+    assert (mdp.n_states, mdp.n_actions, mdp.horizon, mdp.gamma) == (3, 2, 4, 0.9)
+    assert mdp.transitions.dtype == mdp.rewards.dtype == mdp.initial.dtype == torch.float64
+    assert mdp.terminal.dtype == torch.bool
+    assert mdp.terminal.tolist() == [False, False, True]
+    # The caller's arrays are copied: changing them afterwards does not reach the MDP.
+    arrays["transitions"][0, 0, 0] = 123.0
+    arrays["initial"][0] = -5.0
+    assert mdp.transitions[0, 0, 0].item() == 0.5
+    assert mdp.initial[0].item() == 0.7
+
+
+def test_tensor_inputs_are_copied():
+    transitions = torch.tensor(small_arrays()["transitions"])
+    mdp = TabularMDP(**with_changes(transitions=transitions))
+    transitions[0, 0, 0] = 9.0
+    assert mdp.transitions[0, 0, 0].item() == 0.5
+
+
+def test_list_inputs_and_default_terminal():
+    mdp = TabularMDP(transitions=[[[1.0]]], rewards=[[3.0]], initial=[1.0], horizon=2, name="one")
+    assert mdp.terminal.tolist() == [False]
+    assert mdp.gamma == 1.0
+
+
+def test_rewards_per_transition_are_reduced_to_expectations():
+    arrays = small_arrays()
+    full = np.zeros((3, 2, 3))
+    full[0, 0] = [2.0, 4.0, 100.0]  # the 100 is unreachable (P = 0)
+    full[1, 1] = [0.0, 0.0, 7.0]
+    mdp = TabularMDP(**with_changes(rewards=full))
+    expected = (arrays["transitions"] * full).sum(axis=-1)
+    assert torch.equal(mdp.rewards, torch.from_numpy(expected))
+    assert mdp.rewards[0, 0].item() == 0.5 * 2.0 + 0.5 * 4.0
+
+
+def test_tiny_negative_probabilities_are_clipped_to_zero():
+    transitions = small_arrays()["transitions"].copy()
+    transitions[0, 0] = [0.5 + 1e-10, 0.5, -1e-10]
+    mdp = TabularMDP(**with_changes(transitions=transitions))
+    assert mdp.transitions[0, 0, 2].item() == 0.0
+
+
+def test_repr_names_the_sizes():
+    text = repr(TabularMDP(**small_arrays()))
+    assert text == (
+        "TabularMDP(name='small', n_states=3, n_actions=2, horizon=4, gamma=0.9, n_terminal=1)"
+    )
+
+
+def test_replace_revalidates():
+    mdp = TabularMDP(**small_arrays())
+    assert mdp.replace(horizon=10).horizon == 10
+    with pytest.raises(ValueError, match=r"horizon must be an int >= 1, got 0"):
+        mdp.replace(horizon=0)
+    with pytest.raises(ValueError, match="unknown field"):
+        mdp.replace(horizn=3)
+
+
+# --------------------------------------------------------------------------------------
+# Validation: every malformed field raises ValueError naming field, index and value
+# --------------------------------------------------------------------------------------
+def _bad_row_sum():
+    transitions = small_arrays()["transitions"].copy()
+    transitions[1, 0] = [0.97, 0.0, 0.0]
+    return transitions
+
+
+def _negative_probability():
+    transitions = small_arrays()["transitions"].copy()
+    transitions[0, 1] = [-0.1, 0.3, 0.8]
+    return transitions
+
+
+def _with_value(field, index, value):
+    array = small_arrays()[field].copy()
+    array[index] = value
+    return array
+
+
+INVALID = {
+    "transitions not 3-d": (
+        {"transitions": np.ones((3, 2))},
+        r"transitions must have shape \[S, A, S\] with S, A >= 1, got shape \[3, 2\]",
+    ),
+    "transitions not square": (
+        {"transitions": np.full((3, 2, 4), 0.25)},
+        r"got shape \[3, 2, 4\]",
+    ),
+    "row does not sum to 1": (
+        {"transitions": _bad_row_sum()},
+        re.escape("transitions[1, 0] sums to 0.97, expected 1 (tolerance 1e-08)"),
+    ),
+    "row sums to 1 + 1e-7": (
+        {"transitions": _with_value("transitions", (0, 0, 0), 0.5 + 1e-7)},
+        re.escape("transitions[0, 0] sums to 1.0000001, expected 1"),
+    ),
+    "negative probability": (
+        {"transitions": _negative_probability()},
+        re.escape("transitions[0, 1, 0] is -0.1; probabilities must be >= 0"),
+    ),
+    "nan probability": (
+        {"transitions": _with_value("transitions", (1, 1, 2), np.nan)},
+        re.escape("transitions[1, 1, 2] is nan; all entries must be finite"),
+    ),
+    "non-numeric transitions": (
+        {"transitions": [[["a"]]]},
+        "transitions must be a numeric array",
+    ),
+    "rewards wrong shape": (
+        {"rewards": np.zeros((2, 3))},
+        re.escape("rewards has shape [2, 3], expected [S, A] = [3, 2] or [S, A, S] = [3, 2, 3]"),
+    ),
+    "rewards infinite": (
+        {"rewards": _with_value("rewards", (1, 0), np.inf)},
+        re.escape("rewards[1, 0] is inf; all entries must be finite"),
+    ),
+    "per-transition rewards nan": (
+        {"rewards": np.full((3, 2, 3), np.nan)},
+        re.escape("rewards[0, 0, 0] is nan"),
+    ),
+    "initial wrong shape": (
+        {"initial": np.array([0.5, 0.5])},
+        re.escape("initial has shape [2], expected [S] = [3]"),
+    ),
+    "initial does not sum to 1": (
+        {"initial": np.array([0.5, 0.4, 0.0])},
+        re.escape("initial sums to 0.9, expected 1 (tolerance 1e-08)"),
+    ),
+    "initial negative": (
+        {"initial": np.array([1.5, -0.5, 0.0])},
+        re.escape("initial[1] is -0.5; probabilities must be >= 0"),
+    ),
+    "initial nan": (
+        {"initial": np.array([np.nan, 0.5, 0.5])},
+        re.escape("initial[0] is nan"),
+    ),
+    "horizon 0": ({"horizon": 0}, "horizon must be an int >= 1, got 0"),
+    "horizon float": ({"horizon": 3.0}, re.escape("horizon must be an int >= 1, got 3.0 (float)")),
+    "horizon bool": ({"horizon": True}, "horizon must be an int >= 1, got True"),
+    "gamma above 1": ({"gamma": 1.5}, re.escape("gamma must be in [0, 1], got 1.5")),
+    "gamma negative": ({"gamma": -0.1}, re.escape("gamma must be in [0, 1], got -0.1")),
+    "gamma nan": ({"gamma": float("nan")}, re.escape("gamma must be in [0, 1], got nan")),
+    "gamma string": ({"gamma": "0.9"}, "gamma must be a real number"),
+    "terminal not absorbing": (
+        {"terminal": np.array([True, False, True])},
+        re.escape(
+            "transitions[0, 0, 0] is 0.5 but state 0 is terminal; terminal states must be absorbing"
+        ),
+    ),
+    "terminal with reward": (
+        {"rewards": _with_value("rewards", (2, 1), 4.0)},
+        re.escape("rewards[2, 1] is 4 but state 2 is terminal; terminal states must give zero"),
+    ),
+    "terminal wrong shape": (
+        {"terminal": np.array([False, True])},
+        re.escape("terminal has shape [2], expected [S] = [3]"),
+    ),
+    "terminal not boolean": (
+        {"terminal": np.array([0, 0, 1])},
+        "terminal must be a boolean mask of shape",
+    ),
+    "name not a string": ({"name": 3}, "name must be a str, got 3"),
+    "state names wrong length": (
+        {"state_names": ["a", "b"]},
+        "state_names has 2 entries, expected 3",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(INVALID), ids=list(INVALID))
+def test_invalid_mdp_raises_value_error_naming_field_index_value(case):
+    changes, message = INVALID[case]
+    with pytest.raises(ValueError, match=message):
+        TabularMDP(**with_changes(**changes))
+
+
+def test_probability_tolerance_is_the_documented_one():
+    assert PROBABILITY_TOLERANCE == 1e-8
+    ok = _with_value("transitions", (0, 0, 0), 0.5 + 0.5e-8)
+    TabularMDP(**with_changes(transitions=ok))  # within tolerance: accepted
+
+
+# --------------------------------------------------------------------------------------
+# gymnasium
+# --------------------------------------------------------------------------------------
+def _gym_model_expectations(env) -> tuple[np.ndarray, np.ndarray]:
+    """Independent reading of env.unwrapped.P: (P summed over outcomes, expected reward)."""
+    unwrapped = env.unwrapped
+    n_states, n_actions = unwrapped.observation_space.n, unwrapped.action_space.n
+    p = np.zeros((n_states, n_actions, n_states))
+    r = np.zeros((n_states, n_actions))
+    for s in range(n_states):
+        for a in range(n_actions):
+            for prob, next_state, reward, _ in unwrapped.P[s][a]:
+                p[s, a, next_state] += prob
+                r[s, a] += prob * reward
+    return p, r
+
+
+@pytest.mark.parametrize("map_name", ["4x4", "8x8"])
+@pytest.mark.parametrize("is_slippery", [True, False])
+def test_frozenlake_marks_holes_and_goal_terminal(map_name, is_slippery):
+    env = gym.make("FrozenLake-v1", map_name=map_name, is_slippery=is_slippery)
+    mdp = TabularMDP.from_gymnasium(env)
+    p, r = _gym_model_expectations(env)
+    desc = env.unwrapped.desc.ravel()
+    # Holes and the goal are absorbing with zero reward in gymnasium's model: no extra state.
+    assert mdp.n_states == desc.size
+    assert mdp.terminal.numpy().tolist() == [bytes(c) in (b"H", b"G") for c in desc]
+    assert np.allclose(mdp.transitions.numpy(), p, rtol=0, atol=1e-15)
+    assert np.allclose(mdp.rewards.numpy(), r, rtol=0, atol=1e-15)
+    sums = mdp.transitions.sum(dim=-1)
+    assert torch.allclose(sums, torch.ones_like(sums), rtol=0, atol=1e-12)
+    assert np.array_equal(mdp.initial.numpy(), env.unwrapped.initial_state_distrib)
+    assert mdp.horizon == 100 and mdp.name == "FrozenLake-v1"  # the registry's TimeLimit
+
+
+def test_cliffwalking_routes_goal_step_to_an_added_terminal_state():
+    env = gym.make("CliffWalking-v1")
+    with pytest.raises(ValueError, match="horizon: env CliffWalking-v1 has no max_episode_steps"):
+        TabularMDP.from_gymnasium(env)
+    mdp = TabularMDP.from_gymnasium(env, horizon=50)
+    extra = 48
+    assert mdp.n_states == 49 and mdp.terminal.nonzero().flatten().tolist() == [extra]
+    # From (2, 11) = state 35, "down" (2) enters the goal: it must land in the extra state.
+    assert mdp.transitions[35, 2, extra].item() == 1.0
+    assert mdp.rewards[35, 2].item() == -1.0
+    # Other transitions are copied unchanged; the cliff sends the agent back to the start.
+    p, r = _gym_model_expectations(env)
+    assert mdp.transitions[36, 1, 36].item() == 1.0 and mdp.rewards[36, 1].item() == -100.0
+    goal_entries = np.zeros_like(p, dtype=bool)
+    goal_entries[:, :, 47] = True
+    assert np.array_equal(mdp.transitions[:48, :, :48].numpy()[~goal_entries], p[~goal_entries])
+    assert np.array_equal(mdp.rewards[:48].numpy(), r)
+    assert mdp.initial[36].item() == 1.0 and mdp.initial.sum().item() == 1.0
+    sums = mdp.transitions.sum(dim=-1)
+    assert torch.allclose(sums, torch.ones_like(sums), rtol=0, atol=1e-12)
+
+
+def test_taxi_builds_with_initial_distribution_of_the_env():
+    env = gym.make("Taxi-v4")
+    mdp = TabularMDP.from_gymnasium(env)
+    assert (mdp.n_states, mdp.n_actions, mdp.horizon) == (501, 6, 200)
+    assert mdp.terminal.nonzero().flatten().tolist() == [500]
+    assert np.array_equal(mdp.initial[:500].numpy(), env.unwrapped.initial_state_distrib)
+    assert mdp.initial[500].item() == 0.0
+    sums = mdp.transitions.sum(dim=-1)
+    assert torch.allclose(sums, torch.ones_like(sums), rtol=0, atol=1e-12)
+    # A correct drop-off pays +20 and ends the episode in the added state. State encoding
+    # ((row * 5 + col) * 5 + passenger) * 4 + destination; passenger 4 = in the taxi.
+    at_red_carrying_to_red = ((0 * 5 + 0) * 5 + 4) * 4 + 0
+    assert mdp.transitions[at_red_carrying_to_red, 5, 500].item() == 1.0
+    assert mdp.rewards[at_red_carrying_to_red, 5].item() == 20.0
+
+
+def test_from_gymnasium_accepts_an_id_string_and_make_kwargs():
+    mdp = TabularMDP.from_gymnasium("FrozenLake-v1", is_slippery=False, horizon=7, gamma=0.5)
+    assert (mdp.horizon, mdp.gamma, mdp.name) == (7, 0.5, "FrozenLake-v1")
+    assert mdp.transitions.max().item() == 1.0  # not slippery: deterministic
+    with pytest.raises(ValueError, match="only apply when env is an id string"):
+        TabularMDP.from_gymnasium(gym.make("FrozenLake-v1"), is_slippery=False)
+
+
+def test_from_gymnasium_rejects_env_without_tabular_model():
+    with pytest.raises(ValueError, match=r"has no tabular model env.unwrapped.P"):
+        TabularMDP.from_gymnasium("CartPole-v1")
+
+
+# --------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------
+def assert_same_mdp(a: TabularMDP, b: TabularMDP) -> None:
+    assert torch.equal(a.transitions, b.transitions)
+    assert torch.equal(a.rewards, b.rewards)
+    assert torch.equal(a.initial, b.initial)
+    assert torch.equal(a.terminal, b.terminal)
+    assert (a.horizon, a.gamma, a.name) == (b.horizon, b.gamma, b.name)
+    assert (a.state_names, a.action_names) == (b.state_names, b.action_names)
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".yml", ".npz"])
+def test_file_round_trip_is_exact(tmp_path, suffix):
+    mdp = TabularMDP(**small_arrays(), state_names=["a", "b", "end"], action_names=["x", "y"])
+    garnet = zoo.garnet(n_states=6, n_actions=3, branching=2, seed=4, horizon=9, gamma=0.95)
+    for original in (mdp, garnet, zoo.gridworld()):
+        path = tmp_path / f"mdp{suffix}"
+        original.to_file(path)
+        assert_same_mdp(TabularMDP.from_file(path), original)
+
+
+def test_example_files_load(tmp_path):
+    two_state = TabularMDP.from_file(EXAMPLES / "two_state.yaml")
+    assert_same_mdp(two_state, zoo.two_state())
+    corridor = TabularMDP.from_file(EXAMPLES / "corridor.yaml")
+    assert corridor.terminal.tolist() == [False, False, False, True]
+    # R(2, forward, goal) = 1 reached w.p. 0.9: r(2, forward) = 0.9.
+    assert corridor.rewards[2, 1].item() == 0.9
+
+
+def test_yaml_terminal_as_booleans_and_defaults(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        "horizon: 2\ninitial: [1.0, 0.0]\n"
+        "transitions: [[[0.0, 1.0]], [[0.0, 1.0]]]\nrewards: [[1.0], [0.0]]\n"
+        "terminal: [false, true]\n"
+    )
+    mdp = TabularMDP.from_file(path)
+    assert mdp.terminal.tolist() == [False, True]
+    assert (mdp.name, mdp.gamma) == ("tiny", 1.0)
+
+
+MALFORMED_YAML = {
+    "missing horizon": (
+        "initial: [1.0]\ntransitions: [[[1.0]]]\nrewards: [[0.0]]\n",
+        r"missing required key 'horizon'",
+    ),
+    "missing rewards": (
+        "horizon: 3\ninitial: [1.0]\ntransitions: [[[1.0]]]\n",
+        r"missing required key 'rewards'",
+    ),
+    "unknown key": (
+        "horizon: 3\ninitial: [1.0]\ntransitions: [[[1.0]]]\nrewards: [[0.0]]\ngama: 0.9\n",
+        r"unknown key 'gama'",
+    ),
+    "not a mapping": ("- 1\n- 2\n", r"expected a YAML mapping"),
+    "terminal index out of range": (
+        "horizon: 3\ninitial: [1.0]\ntransitions: [[[1.0]]]\nrewards: [[0.0]]\nterminal: [4]\n",
+        re.escape("terminal[0] is 4, not a state index in [0, 0]"),
+    ),
+    "bad content is validated": (
+        "horizon: 3\ninitial: [1.0]\ntransitions: [[[0.5]]]\nrewards: [[0.0]]\n",
+        re.escape("transitions[0, 0] sums to 0.5, expected 1"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_YAML), ids=list(MALFORMED_YAML))
+def test_malformed_yaml_raises_value_error_naming_the_problem(tmp_path, case):
+    text, message = MALFORMED_YAML[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        TabularMDP.from_file(path)
+
+
+def test_malformed_npz_and_unknown_suffix(tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, transitions=np.ones((1, 1, 1)), rewards=np.zeros((1, 1)), horizon=3)
+    with pytest.raises(ValueError, match=r"missing required key 'initial'"):
+        TabularMDP.from_file(path)
+    with pytest.raises(ValueError, match=r"unknown MDP file suffix '.json'"):
+        TabularMDP.from_file(tmp_path / "mdp.json")
+    with pytest.raises(ValueError, match=r"unknown MDP file suffix '.txt'"):
+        TabularMDP(**small_arrays()).to_file(tmp_path / "mdp.txt")
