@@ -19,7 +19,6 @@ from pathlib import Path
 
 import hydra
 import pandas as pd
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
@@ -59,20 +58,36 @@ def identity(cfg: DictConfig) -> dict:
     }
 
 
-def measure_gradient_quality(cfg: DictConfig, policy, iteration: int, ctx: JobContext) -> list[dict]:
+def measure_gradient_quality(
+    cfg: DictConfig, policy, iteration: int, ctx: JobContext
+) -> list[dict]:
     gq = cfg.gradient_quality
     reference = gradient_quality.reference_gradient(
-        policy, cfg.env_id, n_episodes=gq.reference_episodes, estimator=gq.reference_estimator,
-        gamma=cfg.gamma, seed=cfg.seed * 7919 + iteration, max_episode_steps=cfg.max_episode_steps,
+        policy,
+        cfg.env_id,
+        n_episodes=gq.reference_episodes,
+        estimator=gq.reference_estimator,
+        gamma=cfg.gamma,
+        seed=cfg.seed * 7919 + iteration,
+        max_episode_steps=cfg.max_episode_steps,
     )
     rows = gradient_quality.batch_gradient_quality(
-        policy, cfg.env_id, reference, batch_sizes=list(gq.batch_sizes), n_batches=gq.n_batches,
-        estimator=cfg.estimator, gamma=cfg.gamma, seed=cfg.seed * 7919 + iteration + 1,
+        policy,
+        cfg.env_id,
+        reference,
+        batch_sizes=list(gq.batch_sizes),
+        n_batches=gq.n_batches,
+        estimator=cfg.estimator,
+        gamma=cfg.gamma,
+        seed=cfg.seed * 7919 + iteration + 1,
         max_episode_steps=cfg.max_episode_steps,
     )
     for row in rows:
-        row.update(checkpoint_iteration=iteration, reference_episodes=reference.n_episodes,
-                   reference_relative_se=reference.relative_se)
+        row.update(
+            checkpoint_iteration=iteration,
+            reference_episodes=reference.n_episodes,
+            reference_relative_se=reference.relative_se,
+        )
     ctx.tracker.log({"gradient_quality/reference_relative_se": reference.relative_se})
     return rows
 
@@ -91,12 +106,19 @@ def experiment(ctx: JobContext) -> JobOutput:
         positive_int("gradient_quality.reference_episodes", cfg.gradient_quality.reference_episodes)
         positive_int("gradient_quality.n_batches", cfg.gradient_quality.n_batches)
     collector = rollouts.RolloutCollector(
-        cfg.env_id, cfg.n_trajectories, seed=cfg.seed, max_episode_steps=cfg.max_episode_steps,
+        cfg.env_id,
+        cfg.n_trajectories,
+        seed=cfg.seed,
+        max_episode_steps=cfg.max_episode_steps,
     )
     policy = policies.make_policy(
-        cfg.policy.kind, collector.obs_dim, collector.n_actions,
-        hidden_sizes=tuple(cfg.policy.hidden_sizes), activation=cfg.policy.activation,
-        init_scale=cfg.policy.init_scale, seed=cfg.seed,
+        cfg.policy.kind,
+        collector.obs_dim,
+        collector.n_actions,
+        hidden_sizes=tuple(cfg.policy.hidden_sizes),
+        activation=cfg.policy.activation,
+        init_scale=cfg.policy.init_scale,
+        seed=cfg.seed,
     )
     quality_rows: list[dict] = []
     total = cfg.budget.iterations or 0
@@ -104,8 +126,14 @@ def experiment(ctx: JobContext) -> JobOutput:
 
     def on_iteration(metrics: dict) -> None:
         k = int(metrics["iteration"])
-        ctx.tracker.log({key: value for key, value in metrics.items()
-                         if isinstance(value, int | float) and not isinstance(value, bool)}, step=k)
+        ctx.tracker.log(
+            {
+                key: value
+                for key, value in metrics.items()
+                if isinstance(value, int | float) and not isinstance(value, bool)
+            },
+            step=k,
+        )
         bar.update(1 if total else 0, postfix=f"return {metrics['return_mean']:.1f}")
         if k + 1 in checkpoints:  # checkpoint c = after c updates
             quality_rows.extend(measure_gradient_quality(cfg, policy, k + 1, ctx))
@@ -129,16 +157,18 @@ def experiment(ctx: JobContext) -> JobOutput:
         for key, value in ident.items():
             quality[key] = value
         tables["gradient_quality"] = quality
-    scalar_summary = {k: v for k, v in summary.items()
-                      if isinstance(v, int | float | str | bool) or v is None}
-    if isinstance(scalar_summary.get("final_return"), float) and math.isnan(scalar_summary["final_return"]):
+    scalar_summary = {
+        k: v for k, v in summary.items() if isinstance(v, int | float | str | bool) or v is None
+    }
+    if isinstance(scalar_summary.get("final_return"), float) and math.isnan(
+        scalar_summary["final_return"]
+    ):
         scalar_summary["final_return"] = None
     return JobOutput(tables=tables, summary=scalar_summary, status=result.status)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="cartpole")
 def main(cfg: DictConfig) -> str:
-    torch.set_num_threads(1)  # one job per core under parallel launchers; rollouts are small
     return run_job(cfg, "cartpole", experiment)
 
 

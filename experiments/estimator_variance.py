@@ -59,12 +59,25 @@ def study(ctx: JobContext) -> JobOutput:
             logged = {"n_trajectories": n}
             for name in names:
                 metrics = stats.gradient_estimate_metrics(
-                    batches[name].reshape(n_repetitions, -1), true_gradient,
-                    confidence=float(cfg.confidence), seed=seed,
+                    batches[name].reshape(n_repetitions, -1),
+                    true_gradient,
+                    confidence=float(cfg.confidence),
+                    seed=seed,
                 )
                 rows.append({"mdp": mdp.name, "estimator": name, "n_trajectories": n, **metrics})
-                logged.update({f"{name}/{key}": metrics[key] for key in
-                               ("relative_bias", "total_variance", "mse", "cosine_mean", "snr", "p_value")})
+                logged.update(
+                    {
+                        f"{name}/{key}": metrics[key]
+                        for key in (
+                            "relative_bias",
+                            "total_variance",
+                            "mse",
+                            "cosine_mean",
+                            "snr",
+                            "p_value",
+                        )
+                    }
+                )
             ctx.tracker.log(logged, step=index)
             bar.update(1, postfix=f"N={n}")
 
@@ -77,8 +90,10 @@ def study(ctx: JobContext) -> JobOutput:
     table["policy_kind"] = cfg.policy.kind
     table["true_return"] = truth.expected_return
     table["true_gradient"] = [true_gradient.tolist()] * len(table)
-    summary = {"true_return": truth.expected_return,
-               "true_gradient_norm": float(true_gradient.norm())}
+    summary = {
+        "true_return": truth.expected_return,
+        "true_gradient_norm": float(true_gradient.norm()),
+    }
     for name, group in table.groupby("estimator"):
         if group["n_trajectories"].nunique() >= 2:
             slope = stats.loglog_slope(group["n_trajectories"], group["total_variance"])

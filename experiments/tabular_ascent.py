@@ -37,23 +37,41 @@ def experiment(ctx: JobContext) -> JobOutput:
     with ctx.progress(n_iterations, f"{mdp.name} α={step_size} {cfg.gradient}") as bar:
 
         def on_iteration(metrics: dict) -> None:
-            ctx.tracker.log({k: v for k, v in metrics.items()
-                             if isinstance(v, int | float) and not isinstance(v, bool)},
-                            step=int(metrics["iteration"]))
+            ctx.tracker.log(
+                {
+                    k: v
+                    for k, v in metrics.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool)
+                },
+                step=int(metrics["iteration"]),
+            )
             bar.update(1, postfix=f"J={metrics['expected_return']:.3f}")
 
         result = tabular_ascent(
-            mdp, logits0, step_size, n_iterations, gradient=cfg.gradient,
-            n_trajectories=n_trajectories, seed=int(cfg.seed), detector=detector,
+            mdp,
+            logits0,
+            step_size,
+            n_iterations,
+            gradient=cfg.gradient,
+            n_trajectories=n_trajectories,
+            seed=int(cfg.seed),
+            detector=detector,
             callback=on_iteration,
         )
-    ident = {"mdp": mdp.name, "gradient": cfg.gradient,
-             "n_trajectories": n_trajectories if cfg.gradient != "exact" else 0,
-             "step_size": step_size, "seed": int(cfg.seed)}
+    ident = {
+        "mdp": mdp.name,
+        "gradient": cfg.gradient,
+        "n_trajectories": n_trajectories if cfg.gradient != "exact" else 0,
+        "step_size": step_size,
+        "seed": int(cfg.seed),
+    }
     history = pd.DataFrame(result.history).assign(**ident)
     summary = {**ident, **result.summary(), "status": result.status}
-    return JobOutput(tables={"history": history, "summary": pd.DataFrame([summary])},
-                     summary=summary, status=result.status)
+    return JobOutput(
+        tables={"history": history, "summary": pd.DataFrame([summary])},
+        summary=summary,
+        status=result.status,
+    )
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="tabular_ascent")

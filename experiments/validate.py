@@ -25,7 +25,9 @@ def positive_int_list(field: str, value: Any) -> list[int]:
     items = as_list(value)
     if not items:
         raise ValueError(f"{field} must list at least one value, got {value!r}")
-    return [positive_int(f"{field}[{i}]" if len(items) > 1 else field, v) for i, v in enumerate(items)]
+    return [
+        positive_int(f"{field}[{i}]" if len(items) > 1 else field, v) for i, v in enumerate(items)
+    ]
 
 
 def finite_positive(field: str, value: Any) -> float:

@@ -8,6 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# One intra-op thread: the numbers of seeded tests do not depend on the machine's core
+# count, and two test processes on a 2-core machine do not oversubscribe it.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -23,13 +28,23 @@ def _wandb_in_tmp(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("WANDB_DATA_DIR", str(wandb_home / "data"))
 
 
-def run_app(script: str, *overrides: str, cwd: Path | None = None, timeout: float = 600,
-            check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_app(
+    script: str,
+    *overrides: str,
+    cwd: Path | None = None,
+    timeout: float = 600,
+    check: bool = True,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
     """Run ``python experiments/<script> <overrides>`` as a user would, in a subprocess."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.run(
         [sys.executable, str(REPO / "experiments" / script), *overrides],
-        cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=full_env,
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
     )
     if check and proc.returncode != 0:
         raise AssertionError(

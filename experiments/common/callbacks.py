@@ -49,6 +49,11 @@ class SweepSummary(Callback):
         log.info(message)
         print(message, flush=True)
         if counts["done"] + counts["diverged"] and config.get("logger", {}).get("enabled"):
-            print(f"upload every offline W&B run of this sweep: wandb sync {sweep_dir}/*/wandb/offline-run-*", flush=True)
+            print(
+                f"upload every offline W&B run of this sweep: wandb sync {sweep_dir}/*/wandb/offline-run-*",
+                flush=True,
+            )
         if counts["failed"]:
-            raise SystemExit(f"{counts['failed']} job(s) failed; see their metadata.json and logs under {sweep_dir}")
+            raise SystemExit(
+                f"{counts['failed']} job(s) failed; see their metadata.json and logs under {sweep_dir}"
+            )

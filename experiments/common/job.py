@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -84,6 +85,7 @@ def _job_status(run_dir: Path, status: str, **extra: Any) -> None:
 def run_job(cfg: DictConfig, experiment: str, body: Callable[[JobContext], JobOutput]) -> str:
     """Run ``body`` as one pglab job; return its status (see module docstring)."""
     start = time.perf_counter()
+    torch.set_num_threads(int(cfg.get("threads", 1)))
     config = OmegaConf.to_container(cfg, resolve=True)
     run_dir, multirun, sweep_dir, name, overrides = _hydra_facts()
     meta = base_metadata(experiment, config, overrides)
@@ -115,14 +117,22 @@ def run_job(cfg: DictConfig, experiment: str, body: Callable[[JobContext], JobOu
         config=config,
         directory=run_dir,
     )
-    context = JobContext(cfg=cfg, config=config, run_dir=run_dir, tracker=tracker,
-                         show_progress=bool(cfg.get("progress", True)))
+    context = JobContext(
+        cfg=cfg,
+        config=config,
+        run_dir=run_dir,
+        tracker=tracker,
+        show_progress=bool(cfg.get("progress", True)),
+    )
     try:
         output = body(context)
     except BaseException as error:
-        meta.update(status="failed", error=f"{type(error).__name__}: {error}",
-                    finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                    wall_time_s=time.perf_counter() - start)
+        meta.update(
+            status="failed",
+            error=f"{type(error).__name__}: {error}",
+            finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            wall_time_s=time.perf_counter() - start,
+        )
         storage.write_json(meta, run_dir / storage.METADATA_FILE)
         _job_status(run_dir, "failed", error=meta["error"])
         tracker.finish(exit_code=1)
@@ -148,7 +158,9 @@ def run_job(cfg: DictConfig, experiment: str, body: Callable[[JobContext], JobOu
     storage.write_json(meta, run_dir / storage.METADATA_FILE)
     _job_status(run_dir, output.status)
     sync = tracker.finish()
-    log.info("%s %s: results in %s (%.1fs)", experiment, output.status, run_dir, meta["wall_time_s"])
+    log.info(
+        "%s %s: results in %s (%.1fs)", experiment, output.status, run_dir, meta["wall_time_s"]
+    )
     if sync:
         log.info("W&B offline run saved; to upload: %s", sync)
     return output.status

@@ -54,7 +54,10 @@ def git_state(repo: Path = REPO_ROOT) -> dict[str, Any]:
 
     commit = git("rev-parse", "HEAD")
     dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {"git_commit": commit or "unknown", "git_dirty": bool(dirty) if dirty is not None else None}
+    return {
+        "git_commit": commit or "unknown",
+        "git_dirty": bool(dirty) if dirty is not None else None,
+    }
 
 
 def job_hash(config: dict[str, Any]) -> str:

@@ -25,7 +25,9 @@ class Progress:
         self.start = time.perf_counter()
         self.next_report = 0.1
         self.postfix = ""
-        self.bar = tqdm(total=total, desc=desc, leave=False) if enabled and sys.stderr.isatty() else None
+        self.bar = (
+            tqdm(total=total, desc=desc, leave=False) if enabled and sys.stderr.isatty() else None
+        )
 
     def update(self, n: int = 1, postfix: str | None = None) -> None:
         self.count += n
@@ -39,7 +41,15 @@ class Progress:
         fraction = self.count / self.total
         if fraction >= self.next_report or self.count == self.total:
             elapsed = time.perf_counter() - self.start
-            log.info("%s %d/%d (%.0f%%) %.1fs %s", self.desc, self.count, self.total, 100 * fraction, elapsed, self.postfix)
+            log.info(
+                "%s %d/%d (%.0f%%) %.1fs %s",
+                self.desc,
+                self.count,
+                self.total,
+                100 * fraction,
+                elapsed,
+                self.postfix,
+            )
             while self.next_report <= fraction:
                 self.next_report += 0.1
 

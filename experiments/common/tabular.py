@@ -23,6 +23,9 @@ def build_logits(policy_cfg: DictConfig, mdp: TabularMDP) -> torch.Tensor:
     """Initial softmax logits θ [S, A] from ``policy.kind``, ``policy.scale``, ``policy.seed``."""
     choice("policy.kind", policy_cfg.kind, POLICY_KINDS)
     return tabular_policy.initial_logits(
-        mdp.n_states, mdp.n_actions, kind=policy_cfg.kind, scale=float(policy_cfg.scale),
+        mdp.n_states,
+        mdp.n_actions,
+        kind=policy_cfg.kind,
+        scale=float(policy_cfg.scale),
         seed=int(policy_cfg.seed),
     )

@@ -104,7 +104,9 @@ class Tracker:
         try:
             fn(*args, **kwargs)
         except Exception as error:
-            warnings.warn(f"W&B {what} failed ({error}); local results are unaffected", stacklevel=3)
+            warnings.warn(
+                f"W&B {what} failed ({error}); local results are unaffected", stacklevel=3
+            )
 
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
         self._guard("log", lambda: self.run.log(metrics, step=step))

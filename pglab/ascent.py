@@ -1,0 +1,228 @@
+"""Gradient ascent on a tabular MDP: the exact counterpart of :mod:`pglab.training`.
+
+Policy: tabular softmax pi_theta(a|s) = softmax(theta[s])_a, logits theta ``[S, A]``
+float64. Update, for k = 0 .. K-1:
+
+    theta_{k+1} = theta_k + alpha * ghat_k
+
+with ghat_k either the exact gradient dJ/dtheta(theta_k) from the oracle
+(``gradient="exact"``, :func:`pglab.exact.solve`) or the mean of N sampled per-trajectory
+gradients of a named estimator (``gradient=<estimator>``,
+:func:`pglab.estimators.sample_gradients`). Because J(theta_k) is computed exactly at
+every iteration, the learning curve carries no evaluation noise: only the update is
+stochastic.
+
+Randomness: with an estimator, iteration k draws its trajectories with the seed
+``iteration_seed(seed, k)`` (a ``numpy.random.SeedSequence`` spawned from (seed, k)), so
+iterations are independent, reproducible, and a run can be replayed from any iteration.
+
+Divergence: a non-finite gradient or non-finite new logits end the run cleanly with
+``status="diverged"`` and collapse reason ``"non_finite"`` (the logits stay at their last
+finite value).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from pglab import estimators, exact
+from pglab.collapse import CollapseConfig, CollapseDetector
+from pglab.mdp import TabularMDP
+from pglab.tabular_policy import check_logits, entropy
+from pglab.training import TrainResult
+
+__all__ = [
+    "GRADIENT_EXACT",
+    "iteration_seed",
+    "optimal_action_mask",
+    "tabular_ascent",
+    "tabular_collapse_config",
+]
+
+GRADIENT_EXACT = "exact"
+
+
+def iteration_seed(seed: int, iteration: int) -> int:
+    """Seed of iteration ``iteration``'s sampled gradient: 63 bits from SeedSequence([seed, k])."""
+    state = np.random.SeedSequence([int(seed), int(iteration)]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+def optimal_action_mask(mdp: TabularMDP, rel_tol: float = 1e-9) -> torch.Tensor:
+    """``[T, S, A]`` bool: action a is optimal at (t, s), i.e. Q*_t(s, a) >= V*_t(s) - tol.
+
+    Q*_t(s, a) = r(s, a) + gamma sum_{s'} P(s'|s, a) V*_{t+1}(s') from
+    :func:`pglab.exact.optimal_solution`; ties (within tol = rel_tol * max(1, max|V*|))
+    are all optimal, so a state where every action is equally good counts as optimal
+    whatever the policy does.
+    """
+    values, _ = exact.optimal_solution(mdp)
+    n_states, n_actions = mdp.n_states, mdp.n_actions
+    flat = mdp.transitions.reshape(n_states * n_actions, n_states)
+    next_values = values[1:] @ flat.T  # [T, S*A]: sum_{s'} P(s'|s,a) V*_{t+1}(s')
+    q_star = mdp.rewards + mdp.gamma * next_values.reshape(mdp.horizon, n_states, n_actions)
+    tol = rel_tol * max(1.0, float(values.abs().max()))
+    return q_star >= values[:-1, :, None] - tol
+
+
+def tabular_collapse_config(mdp: TabularMDP, window: int = 10) -> CollapseConfig:
+    """Collapse thresholds on the MDP's own return scale.
+
+    With J_u the return of the uniform policy (theta = 0) and J* the optimal return, let
+    J_mid = J_u + (J* - J_u) / 2, "half-way from random to optimal":
+
+    * ``poor_return = J_mid``: a near-deterministic policy (mean entropy < 0.05 nats)
+      that has not got half-way to the optimum has locked in suboptimal actions;
+    * ``min_peak = J_mid`` if J_mid > 0, else ``inf`` (return-drop disabled, because the
+      rule compares against a positive peak): a peak counts once it is half-way to optimal,
+      and a drop means falling below half of it;
+    * ``drop_fraction = 0.5``, ``entropy_threshold = 0.05``, ``window`` as given;
+    * ``peak_smoothing = 1``: J(theta_k) is exact here, so its peak carries no noise bias.
+
+    The same roles as the CartPole defaults (min_peak and poor_return about twice the
+    random policy's return there).
+    """
+    j_uniform = exact.expected_return(mdp, torch.zeros(mdp.n_states, mdp.n_actions))
+    j_star = exact.optimal_return(mdp)
+    j_mid = j_uniform + 0.5 * (j_star - j_uniform)
+    return CollapseConfig(
+        drop_fraction=0.5,
+        window=window,
+        peak_smoothing=1,
+        min_peak=j_mid if j_mid > 0 else math.inf,
+        entropy_threshold=0.05,
+        poor_return=j_mid,
+    )
+
+
+def tabular_ascent(
+    mdp: TabularMDP,
+    logits0: Any,
+    step_size: float,
+    n_iterations: int,
+    gradient: str = GRADIENT_EXACT,
+    n_trajectories: int | None = None,
+    seed: int = 0,
+    detector: CollapseDetector | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Gradient ascent theta <- theta + alpha ghat on a tabular softmax policy.
+
+    Args:
+        mdp: the MDP.
+        logits0: initial logits theta_0 ``[S, A]`` (copied; never modified).
+        step_size: alpha, finite and > 0.
+        n_iterations: K >= 1 updates.
+        gradient: ``"exact"`` or an estimator name from ``estimators.ESTIMATORS``.
+        n_trajectories: N >= 1 trajectories per iteration; required for an estimator,
+            ignored for ``"exact"`` (which samples nothing).
+        seed: base seed of the sampled gradients (see :func:`iteration_seed`).
+        detector: collapse detector; ``None`` uses ``tabular_collapse_config(mdp)``.
+        callback: called with each iteration's metrics dict.
+
+    Returns:
+        :class:`pglab.training.TrainResult` with ``return_key="expected_return"`` and
+        ``final_params={"logits": theta_K}``. history[k] describes theta_k and the step
+        taken from it:
+
+        * ``iteration``: k.
+        * ``expected_return``: exact J(theta_k); ``optimal_return``: J* (best policy, possibly
+          non-stationary); ``suboptimality``: J* - J(theta_k).
+        * ``entropy``: occupancy-weighted mean entropy over real decisions,
+          sum_t sum_{s not terminal} d_t(s) H(s) / sum_t sum_{s not terminal} d_t(s), nats;
+          the analogue of CartPole's mean over the batch's states (fed to the detector).
+        * ``entropy_states``: plain mean of H(s) over non-terminal states.
+        * ``p_optimal``: probability that a real decision is optimal,
+          sum_t sum_{s not terminal} d_t(s) pi(A*_t(s)|s) / sum_t sum_{s not terminal} d_t(s),
+          where A*_t(s) is the set of optimal actions at (t, s) (:func:`optimal_action_mask`)
+          and d_t the exact occupancy under pi_k. 1 means the policy only ever takes
+          optimal actions. NaN if only terminal states are reachable.
+        * ``grad_norm``: ||ghat_k||_2; ``exact_grad_norm``: ||dJ/dtheta(theta_k)||_2.
+        * ``collapsed``, ``diverged``.
+
+    Raises:
+        ValueError: before any work, for a bad step size, iteration count, gradient name,
+            trajectory count or logits.
+    """
+    if not isinstance(mdp, TabularMDP):
+        raise ValueError(f"mdp must be a TabularMDP, got {type(mdp).__name__}")
+    if not math.isfinite(step_size) or step_size <= 0:
+        raise ValueError(f"step_size={step_size!r}, expected a finite number > 0")
+    if isinstance(n_iterations, bool) or not isinstance(n_iterations, int) or n_iterations < 1:
+        raise ValueError(f"n_iterations={n_iterations!r}, expected an integer >= 1")
+    if gradient != GRADIENT_EXACT:
+        estimators.check_estimator(gradient)
+        if not isinstance(n_trajectories, int) or n_trajectories < 1:
+            raise ValueError(
+                f"n_trajectories={n_trajectories!r}, expected an integer >= 1 for "
+                f"gradient={gradient!r}"
+            )
+    theta = check_logits(logits0, mdp.n_states, mdp.n_actions).detach().clone()
+    if detector is None:
+        detector = CollapseDetector(tabular_collapse_config(mdp))
+    detector.reset()
+
+    j_star = exact.optimal_return(mdp)
+    optimal = optimal_action_mask(mdp).to(torch.float64)  # [T, S, A]
+    live = (~mdp.terminal).to(torch.float64)  # [S]
+    history: list[dict[str, Any]] = []
+    status = "complete"
+
+    for k in range(n_iterations):
+        solution = exact.solve(mdp, theta)
+        pi = solution.policy  # [S, A]
+        weight = solution.occupancy * live  # [T, S]: d_t(s) on real decisions
+        total = float(weight.sum())
+        h = entropy(pi)  # [S]
+        ent = float((weight * h).sum() / total) if total > 0 else math.nan
+        ent_states = float((h * live).sum() / live.sum()) if live.sum() > 0 else math.nan
+        p_opt = float((weight * (optimal * pi).sum(-1)).sum() / total) if total > 0 else math.nan
+
+        if gradient == GRADIENT_EXACT:
+            g = solution.gradient
+        else:
+            samples = estimators.sample_gradients(
+                mdp, theta, n_trajectories, gradient, iteration_seed(seed, k)
+            )
+            g = torch.as_tensor(samples, dtype=torch.float64).mean(dim=0)  # [S, A]
+
+        finite = bool(torch.isfinite(g).all())
+        if finite:
+            new_theta = theta + step_size * g  # theta_{k+1} = theta_k + alpha ghat_k
+            finite = bool(torch.isfinite(new_theta).all())
+            if finite:
+                theta = new_theta
+
+        collapse = detector.update(k, solution.expected_return, ent, finite)
+        metrics = {
+            "iteration": k,
+            "expected_return": solution.expected_return,
+            "optimal_return": j_star,
+            "suboptimality": j_star - solution.expected_return,
+            "entropy": ent,
+            "entropy_states": ent_states,
+            "p_optimal": p_opt,
+            "grad_norm": float(g.norm()),
+            "exact_grad_norm": float(solution.gradient.norm()),
+            "collapsed": collapse.collapsed,
+            "diverged": not finite,
+        }
+        history.append(metrics)
+        if callback is not None:
+            callback(metrics)
+        if not finite:
+            status = "diverged"
+            break
+
+    return TrainResult(
+        history=history,
+        status=status,
+        collapse=detector.status,
+        final_params={"logits": theta.clone()},
+        return_key="expected_return",
+    )

@@ -1,0 +1,356 @@
+"""The REINFORCE update loop on a gymnasium environment.
+
+One iteration k:
+
+1. collect N episodes with pi_{theta_k}                        (``RolloutCollector.collect``)
+2. per-step weights Psi_{i,t} from the rewards                 (``estimators.step_weights``)
+3. surrogate L = -(1/N) sum_{i,t} Psi_{i,t} log pi(a_{i,t}|s_{i,t});  ghat_N = -grad L
+                                                               (``gradients.surrogate_loss``)
+4. ascent step theta_{k+1} = theta_k + alpha ghat_N           (``optimizer="sgd"``)
+5. metrics: returns, entropy and KL(pi_k || pi_{k+1}) on the batch's states, gradient norm,
+   optionally the gradient variance, and the collapse detector's verdict.
+
+Only ``"sgd"`` is the textbook rule; ``"momentum"`` and ``"adam"`` apply
+``torch.optim.SGD(momentum=...)`` / ``torch.optim.Adam`` (default betas and eps) with
+learning rate alpha to the same surrogate, for comparison.
+
+Divergence: the loss, the gradient and the parameters are checked for NaN/inf every
+iteration (parameters also at the start of each iteration, so a value changed from
+outside, e.g. by the callback, is caught before it reaches the sampler). The first
+non-finite value ends the run *cleanly*: ``train`` returns with ``status="diverged"``,
+collapse reason ``"non_finite"``, and the history up to and including that iteration.
+To test this path, set ``TrainConfig.inject_nan_at = k``: at iteration k the gradient is
+overwritten with NaN before the check, as a numerical blow-up would do (the parameters
+are then left at their last finite value).
+
+Randomness: actions are sampled from ``torch.Generator().manual_seed(config.seed)``;
+environment resets are seeded by the collector's own ``seed``. Same config, same initial
+policy and same collector seed give the same run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pglab import estimators
+from pglab.collapse import CollapseConfig, CollapseDetector, CollapseStatus
+from pglab.gradients import flat_grad, grad_variance, per_episode_gradients, surrogate_loss
+
+__all__ = ["OPTIMIZERS", "TABULAR_ONLY_ESTIMATORS", "TrainConfig", "TrainResult", "train"]
+
+OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam")
+# Estimators that need exact tabular values and therefore cannot run on a gym environment.
+TABULAR_ONLY_ESTIMATORS: tuple[str, ...] = ("baseline_value",)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a REINFORCE run (besides the initial policy).
+
+    Attributes:
+        env_id: gymnasium id, used by the caller to build the collector (recorded here so
+            the config describes the run).
+        n_trajectories: N, episodes per iteration (>= 1; >= 2 if ``variance_every`` > 0).
+        step_size: alpha > 0, finite.
+        estimator: a name in ``estimators.ESTIMATORS`` other than ``"baseline_value"``.
+        gamma: discount in [0, 1] used by the estimator's weights.
+        optimizer: ``"sgd"`` (theta <- theta + alpha ghat, stateless), ``"momentum"``
+            (heavy-ball SGD with ``momentum``) or ``"adam"``.
+        momentum: momentum coefficient in [0, 1) for ``optimizer="momentum"``.
+        max_iterations: stop after this many iterations (``None``: no limit).
+        max_env_steps: do not start a new iteration once this many real environment steps
+            (sum of episode lengths) have been used (``None``: no limit). The last batch
+            may overshoot. At least one of the two budgets must be set.
+        variance_every: every k-th iteration (k = 0, k, 2k, ...) compute tr Cov(ghat_N)
+            from per-episode gradients (0 = never; it costs a vmapped backward pass).
+        deterministic_threshold: a state counts as near-deterministic when
+            max_a pi(a|s) >= this; in (0, 1].
+        seed: seeds the action-sampling generator.
+        inject_nan_at: testing hook; at this iteration the gradient is replaced by NaN
+            (``None``: never).
+        stop_on_collapse: end the run at the first detected collapse (``status`` is still
+            ``"complete"`` unless it diverged). Default ``False``: full curves.
+    """
+
+    env_id: str = "CartPole-v1"
+    n_trajectories: int = 10
+    step_size: float = 0.01
+    estimator: str = "reinforce"
+    gamma: float = 1.0
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    max_iterations: int | None = 200
+    max_env_steps: int | None = None
+    variance_every: int = 0
+    deterministic_threshold: float = 0.99
+    seed: int = 0
+    inject_nan_at: int | None = None
+    stop_on_collapse: bool = False
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first invalid field and its value."""
+        if not isinstance(self.n_trajectories, int) or self.n_trajectories <= 0:
+            raise ValueError(f"n_trajectories={self.n_trajectories!r}, expected an integer >= 1")
+        if not math.isfinite(self.step_size) or self.step_size <= 0:
+            raise ValueError(f"step_size={self.step_size!r}, expected a finite number > 0")
+        if self.estimator in TABULAR_ONLY_ESTIMATORS:
+            raise ValueError(
+                f"estimator={self.estimator!r} needs exact tabular values and only runs on a "
+                "TabularMDP (pglab.ascent); choose another estimator for a gym environment"
+            )
+        estimators.check_estimator(self.estimator)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"optimizer={self.optimizer!r} is unknown; options: {list(OPTIMIZERS)}"
+            )
+        if not (math.isfinite(self.momentum) and 0.0 <= self.momentum < 1.0):
+            raise ValueError(f"momentum={self.momentum!r}, expected a number in [0, 1)")
+        if not (math.isfinite(self.gamma) and 0.0 <= self.gamma <= 1.0):
+            raise ValueError(f"gamma={self.gamma!r}, expected a number in [0, 1]")
+        if self.max_iterations is None and self.max_env_steps is None:
+            raise ValueError("max_iterations=None and max_env_steps=None: set at least one budget")
+        if self.max_iterations is not None and self.max_iterations < 1:
+            raise ValueError(f"max_iterations={self.max_iterations!r}, expected >= 1 or None")
+        if self.max_env_steps is not None and self.max_env_steps < 1:
+            raise ValueError(f"max_env_steps={self.max_env_steps!r}, expected >= 1 or None")
+        if self.variance_every < 0:
+            raise ValueError(f"variance_every={self.variance_every!r}, expected >= 0")
+        if self.variance_every > 0 and self.n_trajectories < 2:
+            raise ValueError(
+                f"n_trajectories={self.n_trajectories} with variance_every="
+                f"{self.variance_every}: a sample variance needs n_trajectories >= 2"
+            )
+        if not (0.0 < self.deterministic_threshold <= 1.0):
+            raise ValueError(
+                f"deterministic_threshold={self.deterministic_threshold!r}, expected (0, 1]"
+            )
+        if self.inject_nan_at is not None and self.inject_nan_at < 0:
+            raise ValueError(f"inject_nan_at={self.inject_nan_at!r}, expected >= 0 or None")
+
+
+@dataclass
+class TrainResult:
+    """Outcome of a run.
+
+    Attributes:
+        history: one metrics dict per iteration (see :func:`train` for the keys).
+        status: ``"complete"`` (budget used up or stopped on collapse) or ``"diverged"``
+            (a non-finite loss, gradient or parameter ended the run).
+        collapse: the collapse detector's final status.
+        final_params: ``{name: tensor}`` detached CPU copies of the final parameters
+            (non-finite values possible when the parameters themselves diverged).
+        return_key: the history key holding the per-iteration return
+            (``"return_mean"`` here, ``"expected_return"`` for :func:`pglab.ascent.tabular_ascent`).
+    """
+
+    history: list[dict[str, Any]]
+    status: str
+    collapse: CollapseStatus
+    final_params: dict[str, Tensor] = field(default_factory=dict)
+    return_key: str = "return_mean"
+
+    def summary(self) -> dict[str, Any]:
+        """Scalars describing the run.
+
+        * ``final_return``: mean of the per-iteration return over the last min(10, K)
+          iterations (K = number of iterations).
+        * ``auc``: mean of the per-iteration return over all K iterations, i.e. the area
+          under the learning curve (iteration axis) divided by K; comparable across runs
+          with the same K.
+        * ``best_return``: max per-iteration return.
+        * ``collapsed``, ``collapse_iteration`` (onset), ``collapse_reason``,
+          ``diverged`` (status == "diverged"), ``iterations`` (K), ``env_steps`` (last
+          cumulative value, if recorded).
+
+        Return statistics are NaN for an empty history.
+        """
+        returns = [float(h[self.return_key]) for h in self.history]
+        nan = math.nan
+        return {
+            "final_return": sum(returns[-10:]) / len(returns[-10:]) if returns else nan,
+            "auc": sum(returns) / len(returns) if returns else nan,
+            "best_return": max(returns) if returns else nan,
+            "collapsed": self.collapse.collapsed,
+            "collapse_iteration": self.collapse.iteration,
+            "collapse_reason": self.collapse.reason,
+            "diverged": self.status == "diverged",
+            "iterations": len(self.history),
+            "env_steps": self.history[-1].get("env_steps") if self.history else 0,
+        }
+
+
+def _all_finite(tensors: list[Tensor]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def _make_optimizer(config: TrainConfig, params: list[Tensor]) -> torch.optim.Optimizer | None:
+    if config.optimizer == "momentum":
+        return torch.optim.SGD(params, lr=config.step_size, momentum=config.momentum)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.step_size)
+    return None  # "sgd": the explicit update below
+
+
+def train(
+    config: TrainConfig,
+    policy: nn.Module,
+    collector: Any,
+    detector: CollapseDetector | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Run REINFORCE-style gradient ascent; ``policy`` is updated in place.
+
+    Args:
+        config: the run's settings (validated first; ``ValueError`` before any work).
+        policy: a :class:`pglab.policies.CategoricalPolicy` for the collector's spaces.
+        collector: a :class:`pglab.rollouts.RolloutCollector` (``collect(policy, generator)
+            -> EpisodeBatch``).
+        detector: collapse detector; ``None`` uses ``CollapseDetector(CollapseConfig())``
+            (CartPole defaults). Its state is reset at the start.
+        callback: called with each iteration's metrics dict, right after it is recorded.
+
+    Returns:
+        :class:`TrainResult`. Each history entry has:
+
+        ``iteration`` (0-based), ``env_steps`` (cumulative real steps, sum of episode
+        lengths), ``env_steps_total`` (cumulative steps the collector reports, including
+        any it discarded), ``wall_time`` (seconds since the start), ``sps``
+        (env_steps / wall_time), ``return_mean``, ``return_median``, ``return_min``,
+        ``return_max`` (undiscounted episode returns of the batch), ``length_mean``,
+        ``loss``, ``grad_norm`` (||ghat_N||_2), ``entropy`` (mean over the batch's real
+        states of H(pi_k(.|s)), nats), ``kl`` (mean over the same states of
+        KL(pi_k(.|s) || pi_{k+1}(.|s)), computed after the update; NaN if the run
+        diverged before updating), ``frac_deterministic`` (fraction of those states with
+        max_a pi_k(a|s) >= ``deterministic_threshold``), ``grad_variance``
+        (tr Cov(ghat_N) estimate, NaN when not computed this iteration), ``collapsed``
+        (detector verdict so far) and ``diverged``.
+
+        A non-finite loss or gradient at iteration k records row k (with ``grad_norm`` and
+        ``kl`` non-finite / NaN), skips the update and stops. Non-finite parameters after
+        the update record row k and stop (``final_params`` then holds them). Parameters
+        found non-finite at the *start* of iteration k (changed from outside, e.g. by the
+        callback) stop the run before sampling: no row k, collapse onset k.
+    """
+    config.validate()
+    if detector is None:
+        detector = CollapseDetector(CollapseConfig())
+    detector.reset()
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = _make_optimizer(config, params)
+    generator = torch.Generator().manual_seed(int(config.seed))
+    history: list[dict[str, Any]] = []
+    status = "complete"
+    env_steps = 0
+    env_steps_total = 0
+    start = time.perf_counter()
+    iteration = 0
+
+    while True:
+        if config.max_iterations is not None and iteration >= config.max_iterations:
+            break
+        if config.max_env_steps is not None and env_steps >= config.max_env_steps:
+            break
+        if not _all_finite(params):  # e.g. changed from outside between iterations
+            status = "diverged"
+            detector.update(iteration, math.nan, math.nan, finite=False)
+            break
+
+        # 1. sample N episodes with pi_k
+        batch = collector.collect(policy, generator)
+        mask = batch.mask.bool()
+        env_steps += int(mask.sum())
+        env_steps_total += int(batch.env_steps)
+        returns = torch.as_tensor(batch.returns, dtype=torch.float64)
+
+        # 2. per-step weights Psi [N, T]
+        weights = torch.as_tensor(
+            estimators.step_weights(batch.rewards, batch.mask, config.estimator, gamma=config.gamma)
+        )
+
+        # pi_k on the batch's real states, for entropy / determinism / KL
+        obs_real = batch.observations[mask]
+        with torch.no_grad():
+            log_pi_old = torch.log_softmax(policy(obs_real), dim=-1)  # [M, A]
+            pi_old = log_pi_old.exp()
+            # H(pi(.|s)) = -sum_a pi log pi, with 0 log 0 = 0
+            entropy = float(torch.special.entr(pi_old).sum(-1).mean())
+            frac_det = float(
+                (pi_old.max(-1).values >= config.deterministic_threshold).double().mean()
+            )
+
+        # optional: per-episode gradients at theta_k -> tr Cov(ghat_N)
+        variance = math.nan
+        if config.variance_every > 0 and iteration % config.variance_every == 0:
+            variance = grad_variance(per_episode_gradients(policy, batch, weights))
+
+        # 3. surrogate loss and its gradient: grad L = -ghat_N
+        for p in params:
+            p.grad = None
+        loss = surrogate_loss(policy, batch, weights)
+        loss.backward()
+        if config.inject_nan_at is not None and iteration == config.inject_nan_at:
+            for p in params:
+                p.grad.fill_(math.nan)  # testing hook: simulate a numerical blow-up
+        grad_vec = flat_grad(params)
+        grad_norm = float(grad_vec.norm())
+        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_vec).all())
+
+        # 4. ascent step theta <- theta + alpha ghat_N
+        kl = math.nan
+        if finite:
+            if optimizer is None:
+                with torch.no_grad():
+                    for p in params:
+                        p.add_(p.grad, alpha=-config.step_size)  # theta - alpha grad L
+            else:
+                optimizer.step()
+            finite = _all_finite(params)
+            if finite:
+                with torch.no_grad():
+                    log_pi_new = torch.log_softmax(policy(obs_real), dim=-1)
+                    # KL(pi_k || pi_{k+1}) = sum_a pi_k(a|s) (log pi_k(a|s) - log pi_{k+1}(a|s))
+                    terms = torch.where(pi_old > 0, pi_old * (log_pi_old - log_pi_new), 0.0)
+                    kl = float(terms.sum(-1).mean())
+
+        return_mean = float(returns.mean())
+        collapse = detector.update(iteration, return_mean, entropy, finite)
+        wall = time.perf_counter() - start
+        metrics = {
+            "iteration": iteration,
+            "env_steps": env_steps,
+            "env_steps_total": env_steps_total,
+            "wall_time": wall,
+            "sps": env_steps / wall if wall > 0 else math.nan,
+            "return_mean": return_mean,
+            "return_median": float(returns.quantile(0.5)),  # midpoint for even N
+            "return_min": float(returns.min()),
+            "return_max": float(returns.max()),
+            "length_mean": float(mask.sum(dim=1).double().mean()),
+            "loss": float(loss.detach()),
+            "grad_norm": grad_norm,
+            "entropy": entropy,
+            "kl": kl,
+            "frac_deterministic": frac_det,
+            "grad_variance": variance,
+            "collapsed": collapse.collapsed,
+            "diverged": not finite,
+        }
+        history.append(metrics)
+        if callback is not None:
+            callback(metrics)
+        iteration += 1
+        if not finite:
+            status = "diverged"
+            break
+        if config.stop_on_collapse and collapse.collapsed:
+            break
+
+    final_params = {name: p.detach().cpu().clone() for name, p in policy.named_parameters()}
+    return TrainResult(history, status, detector.status, final_params)
