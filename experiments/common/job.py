@@ -116,6 +116,7 @@ def run_job(cfg: DictConfig, experiment: str, body: Callable[[JobContext], JobOu
         tags=[experiment, *list(logger_cfg.get("tags") or [])],
         config=config,
         directory=run_dir,
+        init_timeout=float(logger_cfg.get("init_timeout", 30)),
     )
     context = JobContext(
         cfg=cfg,

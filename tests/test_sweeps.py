@@ -1,0 +1,181 @@
+"""Resumable sweeps, atomic results, sweep summaries and W&B failure handling (issue 5)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import REPO, run_app
+
+from experiments.common import storage
+from experiments.common.metadata import job_hash
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "results.parquet"
+    storage.write_parquet(pd.DataFrame({"a": [1, 2]}), target)
+
+    class Boom(Exception):
+        pass
+
+    def exploding(tmp: Path) -> None:
+        tmp.write_bytes(b"half a parquet file")
+        raise Boom
+
+    with pytest.raises(Boom):
+        storage._atomic_write(target, exploding)
+    # the old file is intact and no temporary file is left behind
+    assert pd.read_parquet(target)["a"].tolist() == [1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == ["results.parquet"]
+
+
+def test_job_hash_ignores_outputs_and_logging_only():
+    base = {
+        "seed": 0,
+        "step_size": 0.1,
+        "paths": {"output_dir": "a"},
+        "logger": {"mode": "offline"},
+    }
+    moved = {**base, "paths": {"output_dir": "b"}, "logger": {"enabled": False}, "sweep_name": "x"}
+    assert job_hash(base) == job_hash(moved)
+    assert job_hash(base) != job_hash({**base, "seed": 1})
+
+
+def _status(job: Path) -> str | None:
+    meta = storage.read_metadata(job)
+    return meta and meta.get("status")
+
+
+def test_killed_sweep_resumes_skipping_finished_jobs(tmp_path):
+    """Kill a multirun while its second job runs; re-running finishes it and skips the first."""
+    sweep = tmp_path / "multirun" / "cartpole" / "resume"
+    args = [
+        sys.executable,
+        str(REPO / "experiments" / "cartpole.py"),
+        "-m",
+        f"paths.output_dir={tmp_path}",
+        "sweep_name=resume",
+        "logger=none",
+        "progress=false",
+        "n_trajectories=2",
+        "step_size=0.0001",
+        "seed=0,1,2",
+        "budget.iterations=400",
+    ]
+    common = "budget.iterations=400,n_trajectories=2"
+    jobs = [sweep / f"{common},seed={s},step_size=0.0001" for s in range(3)]
+    proc = subprocess.Popen(
+        args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    deadline = time.monotonic() + 240
+    try:
+        while not (_status(jobs[0]) == "complete" and _status(jobs[1]) == "running"):
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            assert time.monotonic() < deadline, "timed out waiting for the second job to start"
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    first_finish = storage.read_metadata(jobs[0])["finished_at"]
+    assert not storage.is_finished(jobs[1]), "a killed job must not count as finished"
+    assert not (jobs[2] / "metadata.json").exists()
+
+    rerun = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "2 done" in rerun.stdout and "1 skipped" in rerun.stdout, rerun.stdout
+    assert storage.read_metadata(jobs[0])["finished_at"] == first_finish  # not re-run
+    for job in jobs:
+        assert storage.is_finished(job)
+        assert len(pd.read_parquet(job / "history.parquet")) == 400
+
+    third = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert "0 done" in third.stdout and "3 skipped" in third.stdout, third.stdout
+
+
+def test_failed_job_is_reported_and_rerun(tmp_path):
+    """A failing job does not stop the sweep; the summary counts it and the exit code says so."""
+    args = (
+        "-m",
+        f"paths.output_dir={tmp_path}",
+        "sweep_name=f",
+        "logger=none",
+        "progress=false",
+        "mdp=two_state",
+        "n_repetitions=5",
+        "n_trajectories=[2]",
+        "mdp.horizon=2,0",
+    )
+    proc = run_app("estimator_variance.py", *args, check=False)
+    assert proc.returncode != 0
+    assert "1 done" in proc.stdout and "1 failed" in proc.stdout, proc.stdout
+    (failed,) = (tmp_path / "multirun" / "estimator_variance" / "f").glob("*mdp.horizon=0*")
+    meta = storage.read_metadata(failed)
+    assert meta["status"] == "failed" and "horizon" in meta["error"]
+    again = run_app("estimator_variance.py", *args, check=False)
+    assert "1 skipped" in again.stdout and "1 failed" in again.stdout  # failed jobs run again
+
+
+@pytest.mark.parametrize(
+    ("overrides", "env", "warning"),
+    [
+        (["logger.mode=bogus"], {}, "logger.mode='bogus'"),
+        (["logger.mode=online"], {"WANDB_API_KEY": ""}, "W&B could not start in mode 'online'"),
+        (
+            ["logger.mode=online", "logger.init_timeout=3"],
+            {"WANDB_API_KEY": "0" * 40},
+            "W&B could not start in mode 'online'",
+        ),
+    ],
+    ids=["bad-mode", "online-no-account", "online-no-network"],
+)
+def test_wandb_failure_keeps_local_results(tmp_path, overrides, env, warning):
+    full_env = {**os.environ, **env}
+    full_env.pop("WANDB_MODE", None)  # let logger.mode decide
+    if not env.get("WANDB_API_KEY", "x"):
+        full_env.pop("WANDB_API_KEY", None)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "experiments" / "tabular_ascent.py"),
+            f"paths.output_dir={tmp_path}",
+            "n_iterations=3",
+            "progress=false",
+            *overrides,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=full_env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert warning in proc.stderr
+    (job,) = [p.parent for p in tmp_path.rglob("metadata.json")]
+    assert storage.is_finished(job)
+    assert len(pd.read_parquet(job / "history.parquet")) == 3
+
+
+def test_nan_during_training_ends_run_as_diverged_with_results(tmp_path):
+    run_app(
+        "cartpole.py",
+        f"paths.output_dir={tmp_path}",
+        "logger=none",
+        "progress=false",
+        "budget.iterations=1000",
+        "step_size=1e30",
+        "n_trajectories=2",
+    )
+    (job,) = [p.parent for p in tmp_path.rglob("metadata.json")]
+    meta = json.loads((job / "metadata.json").read_text())
+    summary = pd.read_parquet(job / "summary.parquet").iloc[0]
+    assert meta["status"] == summary["status"]
+    assert summary["collapsed"]
+    assert len(pd.read_parquet(job / "history.parquet")) >= 1
