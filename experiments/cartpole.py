@@ -153,9 +153,9 @@ def experiment(ctx: JobContext) -> JobOutput:
     summary = {**ident, **result.summary(), "status": result.status}
     tables = {"history": history, "summary": pd.DataFrame([summary])}
     if quality_rows:
-        quality = pd.DataFrame(quality_rows)
+        quality = pd.DataFrame(quality_rows)  # its n_trajectories is the batch size N
         for key, value in ident.items():
-            quality[key] = value
+            quality["train_n_trajectories" if key == "n_trajectories" else key] = value
         tables["gradient_quality"] = quality
     scalar_summary = {
         k: v for k, v in summary.items() if isinstance(v, int | float | str | bool) or v is None

@@ -95,8 +95,10 @@ def study(ctx: JobContext) -> JobOutput:
         "true_gradient_norm": float(true_gradient.norm()),
     }
     for name, group in table.groupby("estimator"):
-        if group["n_trajectories"].nunique() >= 2:
-            slope = stats.loglog_slope(group["n_trajectories"], group["total_variance"])
+        # exactly-zero variances (e.g. the batch-mean baseline at N = 1) have no logarithm
+        positive = group[group["total_variance"] > 0]
+        if positive["n_trajectories"].nunique() >= 2:
+            slope = stats.loglog_slope(positive["n_trajectories"], positive["total_variance"])
             summary[f"{name}/variance_slope"] = slope
     return JobOutput(tables={"results": table}, summary=summary, wandb_tables=("results",))
 

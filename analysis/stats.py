@@ -1,0 +1,299 @@
+"""Honest uncertainty over stored results: bootstrap over runs, never over episodes.
+
+A run (one seed of one configuration) is the unit of replication. Every interval here
+resamples runs: the values passed in are one number per seed (a final return, an AUC,
+the return at one iteration), never the episodes inside a run, which are correlated
+through the shared policy. Intervals come from ``scipy.stats.bootstrap`` with a fixed
+``rng`` seed, so the same inputs give the same interval.
+
+With one seed there is no interval: the functions return NaN bounds and mark the cell
+(``n_seeds == 1``); cells with fewer seeds than the best-seeded cell of their table are
+listed by :func:`under_seeded_cells` rather than dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+
+DEFAULT_CONFIDENCE = 0.95
+DEFAULT_RESAMPLES = 2000
+
+
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray,
+    confidence: float = DEFAULT_CONFIDENCE,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    method: str = "percentile",
+) -> tuple[float, float]:
+    """Bootstrap confidence interval of the mean of ``values`` (one value per seed).
+
+    Args:
+        values: shape ``[n_seeds]``; NaN entries are dropped (a seed without a value).
+        confidence: two-sided level, e.g. 0.95.
+        n_resamples: bootstrap resamples of the seeds.
+        seed: seeds ``numpy.random.default_rng`` for ``scipy.stats.bootstrap``.
+        method: ``"percentile"`` (default; stable for a handful of seeds) or ``"BCa"``.
+    Returns:
+        ``(low, high)``. ``(nan, nan)`` when fewer than two seeds have a value: one seed
+        says nothing about seed-to-seed spread. ``(v, v)`` when every seed gives ``v``.
+    """
+    x = np.asarray(values, dtype=float).ravel()
+    x = x[~np.isnan(x)]
+    if x.size < 2:
+        return float("nan"), float("nan")
+    if np.all(x == x[0]):
+        return float(x[0]), float(x[0])
+    result = scipy_stats.bootstrap(
+        (x,),
+        np.mean,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method=method,
+        rng=np.random.default_rng(seed),
+        vectorized=True,
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def bootstrap_ci_columns(
+    values: np.ndarray,
+    confidence: float = DEFAULT_CONFIDENCE,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap CI of the column means of ``values`` ``[n_seeds, n_points]``.
+
+    Seeds (rows) are resampled jointly across points, one ``scipy.stats.bootstrap`` call
+    for all columns without NaN; a column with NaN (a seed that stopped early) gets its
+    own call on its non-NaN seeds, through :func:`bootstrap_ci`.
+    Returns ``(low, high)``, each ``[n_points]``.
+    """
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 2:
+        raise ValueError(f"values must be [n_seeds, n_points], got shape {x.shape}")
+    low = np.full(x.shape[1], np.nan)
+    high = np.full(x.shape[1], np.nan)
+    complete = ~np.isnan(x).any(axis=0)
+    constant = complete & np.all(x == x[:1], axis=0)
+    low[constant] = high[constant] = x[0, constant] if x.shape[0] >= 2 else np.nan
+    bulk = complete & ~constant
+    if x.shape[0] >= 2 and bulk.any():
+        result = scipy_stats.bootstrap(
+            (x[:, bulk],),
+            np.mean,
+            n_resamples=n_resamples,
+            confidence_level=confidence,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+            vectorized=True,
+            axis=0,
+        )
+        low[bulk] = result.confidence_interval.low
+        high[bulk] = result.confidence_interval.high
+    for j in np.flatnonzero(~complete):
+        low[j], high[j] = bootstrap_ci(x[:, j], confidence, n_resamples, seed)
+    return low, high
+
+
+def mean_ci_over_seeds(
+    frame: pd.DataFrame,
+    by: Sequence[str],
+    value: str,
+    confidence: float = DEFAULT_CONFIDENCE,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    seed_column: str = "seed",
+) -> pd.DataFrame:
+    """Mean of ``value`` per cell ``by`` with a bootstrap CI over seeds.
+
+    Args:
+        frame: tidy rows, one per (cell, seed); several rows of one seed in a cell are
+            averaged first, so the bootstrap resamples seeds, not rows.
+        by: the cell's columns, e.g. ``["n_trajectories", "step_size"]``.
+        value: the column to summarise.
+    Returns:
+        one row per cell: ``by`` columns, ``mean``, ``ci_low``, ``ci_high``, ``n_seeds``,
+        sorted by ``by``. ``ci_low``/``ci_high`` are NaN when ``n_seeds < 2``.
+    """
+    by = list(by)
+    per_seed = (
+        frame.dropna(subset=[value])
+        .groupby([*by, seed_column], sort=True, dropna=False)[value]
+        .mean()
+        .reset_index()
+    )
+    rows = []
+    for key, cell in per_seed.groupby(by, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        low, high = bootstrap_ci(cell[value].to_numpy(), confidence, n_resamples, seed)
+        rows.append(
+            {
+                **dict(zip(by, key, strict=True)),
+                "mean": float(cell[value].mean()),
+                "ci_low": low,
+                "ci_high": high,
+                "n_seeds": int(cell[seed_column].nunique()),
+            }
+        )
+    return pd.DataFrame(rows, columns=[*by, "mean", "ci_low", "ci_high", "n_seeds"])
+
+
+def curve_ci_over_seeds(
+    frame: pd.DataFrame,
+    by: Sequence[str],
+    x: str,
+    value: str,
+    confidence: float = DEFAULT_CONFIDENCE,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    seed_column: str = "seed",
+) -> pd.DataFrame:
+    """Learning curve per cell: mean of ``value`` at each ``x`` with a CI over seeds.
+
+    Args:
+        frame: tidy history, one row per (cell, seed, x).
+        by: the cell's columns; x: the curve's abscissa (``iteration``); value: the metric.
+    Returns:
+        one row per (cell, x): ``by``, ``x``, ``mean``, ``ci_low``, ``ci_high``,
+        ``n_seeds`` (seeds with a value at that x).
+    """
+    by = list(by)
+    out = []
+    for key, cell in frame.groupby(by, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        wide = (
+            cell.pivot_table(
+                index=seed_column, columns=x, values=value, aggfunc="mean", dropna=False
+            )
+            .sort_index(axis=0)
+            .sort_index(axis=1)
+        )
+        matrix = wide.to_numpy(dtype=float)  # [n_seeds, n_points]
+        low, high = bootstrap_ci_columns(matrix, confidence, n_resamples, seed)
+        part = pd.DataFrame(
+            {
+                x: wide.columns.to_numpy(),
+                "mean": np.nanmean(matrix, axis=0),
+                "ci_low": low,
+                "ci_high": high,
+                "n_seeds": (~np.isnan(matrix)).sum(axis=0),
+            }
+        )
+        for column, level in zip(by, key, strict=True):
+            part[column] = level
+        out.append(part)
+    columns = [*by, x, "mean", "ci_low", "ci_high", "n_seeds"]
+    return pd.concat(out, ignore_index=True)[columns] if out else pd.DataFrame(columns=columns)
+
+
+def seed_counts(frame: pd.DataFrame, by: Sequence[str], seed_column: str = "seed") -> pd.DataFrame:
+    """Number of distinct seeds per cell ``by``: columns ``by`` + ``n_seeds``."""
+    return (
+        frame.groupby(list(by), sort=True, dropna=False)[seed_column]
+        .nunique()
+        .rename("n_seeds")
+        .reset_index()
+    )
+
+
+def under_seeded_cells(
+    frame: pd.DataFrame, by: Sequence[str], seed_column: str = "seed"
+) -> pd.DataFrame:
+    """Cells with fewer seeds than the best-seeded cell of ``frame``.
+
+    Returns ``by`` + ``n_seeds`` + ``expected`` (the maximum over cells), one row per
+    under-seeded cell; empty when every cell has the same number of seeds.
+    """
+    counts = seed_counts(frame, by, seed_column)
+    if counts.empty:
+        return counts.assign(expected=pd.Series(dtype=int))
+    expected = int(counts["n_seeds"].max())
+    return counts[counts["n_seeds"] < expected].assign(expected=expected).reset_index(drop=True)
+
+
+def collapse_table(
+    summary: pd.DataFrame,
+    by: Sequence[str],
+    column: str = "collapsed",
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> pd.DataFrame:
+    """Collapse probability per cell with its Clopper-Pearson (exact binomial) interval.
+
+    Args:
+        summary: one row per run with a boolean ``column``.
+    Returns:
+        ``by`` + ``k`` (runs that collapsed), ``n`` (runs), ``probability`` = k/n,
+        ``ci_low``, ``ci_high`` (``scipy.stats.binomtest(k, n).proportion_ci``).
+    """
+    rows = []
+    for key, cell in summary.groupby(list(by), sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        flags = cell[column].astype("boolean").fillna(False).astype(bool)
+        k, n = int(flags.sum()), int(flags.size)
+        ci = scipy_stats.binomtest(k, n).proportion_ci(confidence_level=confidence, method="exact")
+        rows.append(
+            {
+                **dict(zip(by, key, strict=True)),
+                "k": k,
+                "n": n,
+                "probability": k / n,
+                "ci_low": float(ci.low),
+                "ci_high": float(ci.high),
+            }
+        )
+    return pd.DataFrame(rows, columns=[*by, "k", "n", "probability", "ci_low", "ci_high"])
+
+
+def loglog_slope(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
+    """Least-squares slope of log10(y) on log10(x) (``scipy.stats.linregress``).
+
+    For tr Cov(ĝ_N) against N an unbiased average of N i.i.d. trajectories has slope −1.
+    Points with non-positive x or y are dropped. Returns ``slope``, ``slope_stderr``,
+    ``intercept`` (of log10 y) and ``n_points``; NaN slope with fewer than two points.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    keep = (x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y)
+    if keep.sum() < 2 or np.unique(x[keep]).size < 2:
+        return {
+            "slope": float("nan"),
+            "slope_stderr": float("nan"),
+            "intercept": float("nan"),
+            "n_points": int(keep.sum()),
+        }
+    fit = scipy_stats.linregress(np.log10(x[keep]), np.log10(y[keep]))
+    return {
+        "slope": float(fit.slope),
+        "slope_stderr": float(fit.stderr),
+        "intercept": float(fit.intercept),
+        "n_points": int(keep.sum()),
+    }
+
+
+def unbiasedness_verdicts(estimator: pd.DataFrame, level: float = 0.05) -> pd.DataFrame:
+    """The estimator table's unbiasedness tests with a verdict at ``level``.
+
+    Each row's ``p_value`` is the app's Bonferroni-corrected test of H0: E[ĝ_N] = ∇J
+    over all gradient coordinates (``max_abs_z`` the largest |z|). Returns ``mdp``,
+    ``estimator``, ``n_trajectories``, ``seed``, ``max_abs_z``, ``p_value``, ``verdict``:
+    "reject unbiased" when ``p_value < level``, "untested (no p-value)" when it is NaN,
+    else "consistent with unbiased".
+    """
+    columns = [
+        c
+        for c in ("mdp", "estimator", "n_trajectories", "seed", "max_abs_z", "p_value")
+        if c in estimator.columns
+    ]
+    table = estimator[columns].copy()
+    p = table["p_value"].to_numpy(dtype=float)
+    table["verdict"] = np.select(
+        [np.isnan(p), p < level],
+        ["untested (no p-value)", "reject unbiased"],
+        default="consistent with unbiased",
+    )
+    return table.reset_index(drop=True)

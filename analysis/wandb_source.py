@@ -1,0 +1,317 @@
+"""Weights & Biases runs as tidy DataFrames: offline run files, or a project via the API.
+
+Local parquet (:mod:`analysis.load`) is the primary source; these readers serve runs that
+only exist in W&B, in the same shape for both sources:
+
+=========  ==================================================================
+runs       one row per run: ``run_id, name, group, job_type, project, state``, ...
+config     one row per run: ``run_id`` + the config flattened with dots
+summary    one row per run: ``run_id`` + the final summary flattened with dots
+history    one row per (run, logged step): ``run_id, _step`` + each logged key
+table/KEY  offline runs only: every ``wandb.Table`` logged under KEY (e.g. the
+           estimator study's ``results``), rows of all runs with a ``run_id`` column
+skipped    ``path, reason`` for offline files that could not be read
+=========  ==================================================================
+
+Offline runs (``wandb/offline-run-*/run-*.wandb``) are decoded by the W&B CLI itself,
+``wandb leet inspect --json FILE`` (one JSON record per line; wandb 0.31 has no Python
+reader of the transaction log). The records used are ``run`` (initial config, name,
+group, job_type), ``config`` (later config updates), ``history`` (``item``: the logged
+keys, ``step.num``), ``summary`` (``update`` / ``remove``) and ``exit`` (``exit_code``).
+W&B writes non-finite floats as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``;
+they are decoded back to floats.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis.load import ResultFileWarning, flatten_config
+
+NON_FINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+RUN_COLUMNS = [
+    "run_id",
+    "name",
+    "group",
+    "job_type",
+    "project",
+    "state",
+    "exit_code",
+    "start_time",
+    "path",
+]
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, str):
+        return NON_FINITE.get(value, value)
+    if isinstance(value, Mapping):
+        return {key: _decode(v) for key, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def _flat(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Flatten nested keys with dots, dropping W&B's private ``_wandb`` entry."""
+    return flatten_config({k: v for k, v in values.items() if k != "_wandb"})
+
+
+def find_offline_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Every ``run-*.wandb`` file under ``paths`` (files or directories), sorted, unique."""
+    found: set[Path] = set()
+    for raw in paths:
+        path = Path(raw).expanduser().resolve()
+        if not path.exists():
+            raise ValueError(f"W&B path {raw!s} does not exist (resolved to {path})")
+        if path.is_file():
+            found.add(path)
+        else:
+            found.update(path.rglob("run-*.wandb"))
+    return sorted(found)
+
+
+def inspect_records(file: str | os.PathLike, timeout: float = 120.0) -> list[dict]:
+    """The records of one ``.wandb`` file, from ``wandb leet inspect --json FILE``.
+
+    Raises ``RuntimeError`` when the command fails (e.g. a damaged file).
+    """
+    command = [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(file)]
+    proc = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "WANDB_SILENT": "true"},
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"`wandb leet inspect --json {file}` exited {proc.returncode}: "
+            f"{(proc.stderr or proc.stdout).strip()[-500:]}"
+        )
+    records = []
+    for line in proc.stdout.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            records.append(json.loads(line))
+    if not any(record.get("type") == "run" for record in records):
+        raise RuntimeError(f"{file} holds no run record ({len(records)} records read)")
+    return records
+
+
+def records_to_frames(records: list[dict], path: str = "") -> dict[str, Any]:
+    """One run's records -> ``{"run": dict, "config": dict, "summary": dict, "history": list}``.
+
+    Config and summary are replayed in record order (``update`` merges, ``remove``
+    deletes), so they hold the run's final state; history keeps one dict per step.
+    """
+    run: dict[str, Any] = {"path": path}
+    config: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
+    history: list[dict] = []
+    for record in records:
+        kind = record.get("type")
+        body = record.get(kind) or {}
+        if kind == "run":
+            run.update(
+                run_id=body.get("run_id"),
+                name=body.get("display_name"),
+                group=body.get("run_group"),
+                job_type=body.get("job_type"),
+                project=body.get("project"),
+                start_time=body.get("start_time"),
+            )
+            config.update(_decode((body.get("config") or {}).get("update") or {}))
+        elif kind in ("config", "summary"):
+            target = config if kind == "config" else summary
+            target.update(_decode(body.get("update") or {}))
+            for removed in body.get("remove") or []:
+                key = removed.get("key") if isinstance(removed, dict) else removed
+                if key is None and isinstance(removed, dict) and removed.get("nested_key"):
+                    key = ".".join(removed["nested_key"])
+                target.pop(key, None)
+        elif kind == "history":
+            item = _decode(body.get("item") or {})
+            step = (body.get("step") or {}).get("num", item.get("_step"))
+            history.append({**item, "_step": step})
+        elif kind == "exit":
+            run["exit_code"] = body.get("exit_code", 0)
+    run["state"] = (
+        "finished"
+        if run.get("exit_code") == 0
+        else "failed"
+        if "exit_code" in run
+        else "running or crashed"
+    )
+    return {"run": run, "config": config, "summary": summary, "history": history}
+
+
+def logged_tables(run: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
+    """The ``wandb.Table`` files a run logged, by key, read from ``<run_dir>/files/``.
+
+    A logged table appears in the summary as ``{"_type": "table-file", "path": ...}``;
+    the file is JSON ``{"columns": [...], "data": [[...], ...]}``.
+    """
+    tables = {}
+    flat = _flat(run["summary"])  # the log writes "results._type"; the API nests it
+    for type_key, value in sorted(flat.items()):
+        if not type_key.endswith("._type") or value != "table-file":
+            continue
+        key = type_key.removesuffix("._type")
+        if flat.get(f"{key}.path"):
+            file = Path(run_dir) / "files" / flat[f"{key}.path"]
+            content = json.loads(file.read_text())
+            frame = pd.DataFrame(_decode(content["data"]), columns=content["columns"])
+            frame.insert(0, "run_id", run["run"].get("run_id"))
+            tables[key] = frame
+    return tables
+
+
+def _frames(runs: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    """Per-run dicts -> the ``runs``/``config``/``summary``/``history`` DataFrames."""
+    runs = sorted(runs, key=lambda r: (str(r["run"].get("run_id")), str(r["run"].get("path"))))
+    table = pd.DataFrame([r["run"] for r in runs])
+    table = table.reindex(
+        columns=[*RUN_COLUMNS, *[c for c in table.columns if c not in RUN_COLUMNS]]
+    )
+    config = pd.DataFrame([{"run_id": r["run"]["run_id"], **_flat(r["config"])} for r in runs])
+    summary = pd.DataFrame([{"run_id": r["run"]["run_id"], **_flat(r["summary"])} for r in runs])
+    history_rows = [
+        {"run_id": r["run"]["run_id"], **_flat(row)} for r in runs for row in r["history"]
+    ]
+    history = pd.DataFrame(history_rows)
+    if not history.empty:
+        history = history.sort_values(["run_id", "_step"], kind="mergesort").reset_index(drop=True)
+        front = ["run_id", "_step"]
+        history = history[front + sorted(c for c in history.columns if c not in front)]
+    for name, frame in (("config", config), ("summary", summary)):
+        if not frame.empty:
+            ordered = ["run_id", *sorted(c for c in frame.columns if c != "run_id")]
+            if name == "config":
+                config = frame[ordered]
+            else:
+                summary = frame[ordered]
+    return {"runs": table, "config": config, "summary": summary, "history": history}
+
+
+def load_wandb_offline(
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+) -> dict[str, pd.DataFrame]:
+    """Read offline W&B runs under ``paths`` into ``runs``/``config``/``summary``/``history``.
+
+    Args:
+        paths: ``.wandb`` files, ``offline-run-*`` directories, or any parent directory
+            (e.g. a sweep directory whose jobs each hold ``wandb/offline-run-*``).
+    Returns:
+        the frames of the module docstring: ``runs``, ``config``, ``summary``,
+        ``history``, one ``table/<key>`` per logged table key, and ``skipped``.
+    Raises:
+        ValueError: a path does not exist, or no ``run-*.wandb`` file is under any path.
+    Warns:
+        ResultFileWarning: for each file the W&B CLI could not read (skipped).
+    """
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    paths = list(paths)
+    files = find_offline_runs(paths)
+    if not files:
+        raise ValueError(f"no W&B run files (run-*.wandb) under {', '.join(map(str, paths))}")
+    runs, skipped = [], []
+    tables: dict[str, list[pd.DataFrame]] = {}
+    for file in files:
+        try:
+            run = records_to_frames(inspect_records(file), path=str(file))
+            run_tables = logged_tables(run, file.parent)
+        except (RuntimeError, ValueError, KeyError, OSError, subprocess.TimeoutExpired) as error:
+            warnings.warn(f"skipping W&B run file {file}: {error}", ResultFileWarning, stacklevel=2)
+            skipped.append({"path": str(file), "reason": str(error)})
+            continue
+        runs.append(run)
+        for key, frame in run_tables.items():
+            tables.setdefault(key, []).append(frame)
+    frames = (
+        _frames(runs)
+        if runs
+        else {name: pd.DataFrame() for name in ("runs", "config", "summary", "history")}
+    )
+    for key, parts in sorted(tables.items()):
+        frames[f"table/{key}"] = (
+            pd.concat(parts, ignore_index=True)
+            .sort_values("run_id", kind="mergesort")
+            .reset_index(drop=True)
+        )
+    frames["skipped"] = pd.DataFrame(skipped, columns=["path", "reason"])
+    return frames
+
+
+def load_wandb_project(
+    entity: str,
+    project: str,
+    api: Any = None,
+    filters: dict | None = None,
+    history_samples: int = 100_000,
+) -> dict[str, pd.DataFrame]:
+    """Read the runs of an online W&B project through ``wandb.Api()``.
+
+    Args:
+        entity, project: the project's path ``entity/project``.
+        api: an object with ``runs(path, filters=...)`` (default: ``wandb.Api()``; tests
+            pass recorded responses). Each run needs ``id``, ``name``, ``group``,
+            ``job_type``, ``state``, ``config`` (dict), ``summary`` (mapping) and
+            ``history(samples=..., pandas=True)`` (a DataFrame).
+        filters: W&B's MongoDB-style run filter, e.g. ``{"group": "my_sweep"}``.
+        history_samples: passed to ``run.history``; W&B *samples* a history longer than
+            this, so for exact curves prefer the local parquet files.
+    Returns:
+        ``runs``, ``config``, ``summary``, ``history`` as for :func:`load_wandb_offline`.
+    """
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    runs = []
+    for run in api.runs(f"{entity}/{project}", filters=filters):
+        summary = getattr(run, "summary", {}) or {}
+        summary = dict(getattr(summary, "_json_dict", summary))
+        history = run.history(samples=history_samples, pandas=True)
+        rows = (
+            []
+            if history is None or len(history) == 0
+            else [
+                {k: v for k, v in row.items() if not (isinstance(v, float) and pd.isna(v))}
+                for row in history.to_dict(orient="records")
+            ]
+        )
+        runs.append(
+            {
+                "run": {
+                    "run_id": getattr(run, "id", None) or run.name,
+                    "name": run.name,
+                    "group": getattr(run, "group", None),
+                    "job_type": getattr(run, "job_type", None),
+                    "project": project,
+                    "state": getattr(run, "state", None),
+                    "path": f"{entity}/{project}/{getattr(run, 'id', run.name)}",
+                },
+                "config": dict(run.config),
+                "summary": {k: v for k, v in summary.items() if not k.startswith("_wandb")},
+                "history": [
+                    {**row, "_step": row.get("_step", index)} for index, row in enumerate(rows)
+                ],
+            }
+        )
+    if not runs:
+        raise ValueError(
+            f"no runs in W&B project {entity}/{project}"
+            + (f" matching {filters}" if filters else "")
+        )
+    return _frames(runs)

@@ -1,0 +1,259 @@
+"""``python -m analysis.report``: figures, tables and one HTML file from real tiny sweeps.
+
+Truths checked:
+
+1. End to end on real sweeps run here (estimator study; CartPole and tabular ascent when
+   their apps exist): every expected figure is written as a non-empty PNG plus SVG, the
+   HTML embeds exactly those PNGs (base64 equal to the files) and names each file, and
+   every caption states the CI level and the number of seeds.
+2. The report's tables are the data: CartPole final return / AUC per (N, α) equal
+   ``groupby().mean()`` over the loaded summaries, collapse counts equal the sums, and the
+   estimator tables equal the parquet rows.
+3. A truncated parquet file: the CLI warns naming it, the run is skipped, the HTML lists
+   it under "Skipped runs", and the cell that lost a seed is listed as under-seeded.
+4. No results: exit status 2 and a one-line message, no traceback.
+5. Same inputs -> byte-identical tables and HTML.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, run_app
+
+from analysis.load import load_results
+from analysis.report import main
+
+RESAMPLES = "500"  # bootstrap resamples in tests (the CLI default is 2000)
+HAS_CARTPOLE = (REPO / "experiments" / "cartpole.py").exists()
+HAS_ASCENT = (REPO / "experiments" / "tabular_ascent.py").exists()
+ESTIMATOR_FIGURES = {
+    "estimator_relative_bias",
+    "estimator_variance",
+    "estimator_mse_cosine",
+    "estimator_snr",
+}
+CARTPOLE_FIGURES = {
+    "cartpole_learning_curves",
+    "cartpole_final_return_heatmap",
+    "cartpole_auc_heatmap",
+    "cartpole_collapse",
+    # gradient quality is measured on each run's own policy: one figure per training N
+    "cartpole_gradient_quality_2",
+    "cartpole_gradient_quality_4",
+}
+ASCENT_FIGURES = {"ascent_expected_return"}
+CARTPOLE_GRID = {"n_trajectories": (2, 4), "step_size": (0.01, 0.1), "seed": (0, 1)}
+GQ_BATCH_SIZES = (1, 4)
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory) -> dict[str, Path]:
+    """Real tiny sweeps: estimator study 2×2; CartPole 2×2×2 seeds (5 iterations, gradient
+    quality at iterations 0 and 5); tabular ascent exact/reinforce × 2 α × 2 seeds."""
+    out = tmp_path_factory.mktemp("sweeps")
+    common = ("logger=none", "progress=false", f"paths.output_dir={out}")
+    run_app(
+        "estimator_variance.py",
+        "-m",
+        "mdp=chain,two_state",
+        "estimator=reinforce,reward_to_go",
+        "n_trajectories=[1,10]",
+        "n_repetitions=10",
+        *common,
+    )
+    dirs = {"estimator": out / "multirun" / "estimator_variance" / "default"}
+    if HAS_CARTPOLE:
+        grid = [f"{k}={','.join(map(str, v))}" for k, v in CARTPOLE_GRID.items()]
+        run_app(
+            "cartpole.py",
+            "-m",
+            *grid,
+            "budget.iterations=5",
+            "gradient_quality.enabled=true",
+            "gradient_quality.reference_episodes=50",
+            "gradient_quality.n_batches=2",
+            f"gradient_quality.batch_sizes=[{','.join(map(str, GQ_BATCH_SIZES))}]",
+            "gradient_quality.checkpoints=[0,5]",
+            *common,
+        )
+        dirs["cartpole"] = out / "multirun" / "cartpole" / "default"
+    if HAS_ASCENT:
+        run_app(
+            "tabular_ascent.py",
+            "-m",
+            "gradient=exact,reinforce",
+            "step_size=1,10",
+            "seed=0,1",
+            "n_iterations=10",
+            *common,
+        )
+        dirs["ascent"] = out / "multirun" / "tabular_ascent" / "default"
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def report(sweeps, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    assert main([*map(str, sweeps.values()), "--out", str(out), "--resamples", RESAMPLES]) == 0
+    return out
+
+
+def expected_figures(sweeps) -> set[str]:
+    names = set(ESTIMATOR_FIGURES)
+    if "cartpole" in sweeps:
+        names |= CARTPOLE_FIGURES
+    if "ascent" in sweeps:
+        names |= ASCENT_FIGURES
+    return names
+
+
+def test_report_writes_every_figure_and_embeds_it_in_the_html(report, sweeps):
+    html = (report / "report.html").read_text(encoding="utf-8")
+    pngs = sorted((report / "figures").glob("*.png"))
+    assert {p.stem for p in pngs} == expected_figures(sweeps)
+    embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(embedded) == len(pngs)
+    for png in pngs:
+        data = png.read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, png
+        assert base64.b64encode(data).decode() in embedded, f"{png.name} not embedded"
+        assert f'href="figures/{png.name}"' in html
+        svg = png.with_suffix(".svg")
+        assert svg.stat().st_size > 10_000 and f'href="figures/{svg.name}"' in html
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", html, flags=re.S)
+    assert len(captions) == len(pngs)
+    for caption in captions:
+        assert "95% CI" in caption or "point estimates" in caption.lower(), caption
+        assert re.search(r"\d+(–\d+)? seeds? per cell", caption), caption
+    for section in ("Estimator study", "Under-seeded cells", "Skipped runs"):
+        assert f"<h2>{section}" in html
+    assert ("<h2>CartPole" in html) == ("cartpole" in sweeps)
+    assert ("<h2>Tabular ascent" in html) == ("ascent" in sweeps)
+
+
+def test_estimator_tables_equal_the_parquet_rows(report, sweeps):
+    stored = pd.concat(
+        [pd.read_parquet(f) for f in sorted(sweeps["estimator"].rglob("results.parquet"))]
+    )
+    key = ["mdp", "estimator", "n_trajectories"]
+    stored = stored.sort_values(key).reset_index(drop=True)
+    tests = pd.read_csv(report / "tables" / "estimator_unbiasedness.csv").sort_values(key)
+    np.testing.assert_allclose(tests["max_abs_z"], stored["max_abs_z"], rtol=1e-12)
+    np.testing.assert_allclose(tests["p_value"], stored["p_value"], rtol=1e-12)
+    assert (
+        tests["verdict"].eq("reject unbiased").to_numpy() == (stored["p_value"] < 0.05).to_numpy()
+    ).all()
+    cells = pd.read_csv(report / "tables" / "estimator_cells.csv").sort_values(key)
+    for column in (
+        "relative_bias",
+        "relative_bias_ci_low",
+        "relative_bias_ci_high",
+        "total_variance",
+        "mse",
+        "cosine_mean",
+        "snr",
+    ):
+        np.testing.assert_allclose(cells[column], stored[column], rtol=1e-12, err_msg=column)
+
+
+@pytest.mark.skipif(not HAS_CARTPOLE, reason="experiments/cartpole.py does not exist yet")
+def test_cartpole_tables_equal_direct_pandas(report, sweeps):
+    summary = load_results(sweeps["cartpole"]).cartpole_summary
+    by = ["n_trajectories", "step_size"]
+    direct = summary.groupby(by)[["final_return", "auc"]].mean().reset_index()
+    table = pd.read_csv(report / "tables" / "cartpole_returns.csv").sort_values(by)
+    np.testing.assert_allclose(table["final_return"], direct["final_return"], rtol=1e-12)
+    np.testing.assert_allclose(table["auc"], direct["auc"], rtol=1e-12)
+    assert table["n_seeds"].tolist() == summary.groupby(by)["seed"].nunique().tolist()
+    assert (table["n_seeds"] == len(CARTPOLE_GRID["seed"])).all()
+    collapse = pd.read_csv(report / "tables" / "cartpole_collapse.csv").sort_values(by)
+    assert collapse["k"].tolist() == summary.groupby(by)["collapsed"].sum().tolist()
+    assert collapse["n"].tolist() == summary.groupby(by).size().tolist()
+
+
+@pytest.mark.skipif(not HAS_CARTPOLE, reason="experiments/cartpole.py does not exist yet")
+def test_gradient_quality_table_has_one_row_per_batch_size(report):
+    for train_n in CARTPOLE_GRID["n_trajectories"]:
+        quality = pd.read_csv(report / "tables" / f"cartpole_gradient_quality_{train_n}.csv")
+        assert sorted(quality["n_trajectories"].unique()) == list(GQ_BATCH_SIZES)
+
+
+@pytest.mark.skipif(not HAS_CARTPOLE, reason="experiments/cartpole.py does not exist yet")
+def test_truncated_parquet_is_skipped_warned_and_listed(sweeps, tmp_path, capsys):
+    copy = tmp_path / "cartpole"
+    shutil.copytree(sweeps["cartpole"], copy)
+    damaged = sorted(copy.rglob("summary.parquet"))[0]
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    cell = pd.read_parquet(damaged.parent / "history.parquet").iloc[0]
+    out = tmp_path / "report"
+    assert main([str(copy), "--out", str(out), "--resamples", RESAMPLES]) == 0
+    stderr = capsys.readouterr().err
+    assert f"warning: skipping job {damaged.parent.resolve()}" in stderr
+    assert str(damaged.resolve()) in stderr
+    html = (out / "report.html").read_text(encoding="utf-8")
+    skipped_section = html.split("<h2>Skipped runs</h2>")[1]
+    assert str(damaged.resolve()) in skipped_section
+    thin = pd.read_csv(out / "tables" / "under_seeded_cells.csv")
+    expected_cell = (
+        f"env_id={cell['env_id']}, estimator={cell['estimator']}, "
+        f"optimizer={cell['optimizer']}, n_trajectories={cell['n_trajectories']}, "
+        f"step_size={cell['step_size']:g}"
+    )
+    assert thin.to_dict("records") == [
+        {"table": "cartpole", "cell": expected_cell, "n_seeds": 1, "expected": 2}
+    ]
+    assert expected_cell in html.split("<h2>Under-seeded cells</h2>")[1]
+
+
+def test_no_results_exits_2_with_a_message(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "analysis.report", str(empty), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip() == f"error: no results found: no metadata.json under {empty.resolve()}"
+    )
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "report.html").exists()
+
+
+def test_same_inputs_give_identical_tables_and_html(report, sweeps, tmp_path):
+    again = tmp_path / "again"
+    # Paths in another order: the inputs are the same set of jobs.
+    assert (
+        main(
+            [
+                *map(str, reversed(list(sweeps.values()))),
+                "--out",
+                str(again),
+                "--resamples",
+                RESAMPLES,
+            ]
+        )
+        == 0
+    )
+    first_tables = sorted(p.name for p in (report / "tables").glob("*.csv"))
+    assert first_tables == sorted(p.name for p in (again / "tables").glob("*.csv"))
+    for name in first_tables:
+        assert (report / "tables" / name).read_bytes() == (again / "tables" / name).read_bytes(), (
+            name
+        )
+    strip_inputs = re.compile(r"<p>Inputs: .*?</code>\. ", flags=re.S)
+    first = strip_inputs.sub("", (report / "report.html").read_text(encoding="utf-8"))
+    second = strip_inputs.sub("", (again / "report.html").read_text(encoding="utf-8"))
+    assert first == second
