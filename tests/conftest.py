@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,21 @@ def run_app(
             f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
         )
     return proc
+
+
+def slurm_skip_reason() -> str | None:
+    """Why SLURM tests cannot run here, or None when a cluster is reachable."""
+    if os.environ.get("PGLAB_SLURM") == "unavailable":
+        return "PGLAB_SLURM=unavailable: no SLURM test cluster (could not start one, or disabled)"
+    conf = os.environ.get("SLURM_CONF")
+    if not conf:
+        return "SLURM_CONF is unset: run the tests via `make test` (starts a SLURM test cluster)"
+    if not Path(conf).is_file():
+        return f"SLURM_CONF={conf} does not exist (cluster stopped?)"
+    if shutil.which("sbatch") is None:
+        return "sbatch not on PATH: run scripts/slurm/install.sh"
+    return None
+
+
+SLURM_SKIP_REASON = slurm_skip_reason()
+PARTITION = os.environ.get("PGLAB_SLURM_PARTITION", "debug")
