@@ -284,44 +284,53 @@ class RolloutCollector:
         """Step all copies from the reset observations ``obs`` until every episode has ended.
 
         Fills the time-major buffers, ``lengths`` and ``terminated`` in place and returns T,
-        the number of vector steps taken (= the longest episode). Hot loop: attributes are
-        bound to locals, and work per step is a handful of vectorised calls.
+        the number of vector steps taken (= the longest episode). Observations and actions
+        are written only for copies still running, into buffers zeroed first, so they need
+        no masking afterwards. Hot loop: attributes are bound to locals, and work per step
+        is a handful of vectorised numpy calls (cheaper per call than torch indexing).
         """
         env_step, sample = self.env.step, policy.sample
-        obs_buf, act_buf = self._obs_buf, self._act_buf
+        obs_buf = self._obs_buf
         obs_np, act_np, rew_np = self._obs_np, self._act_np, self._rew_np
-        capacity = act_buf.shape[0]
-        act_buf.zero_()  # copies whose episode has ended keep the dummy action 0
-        running = np.ones(self.n_trajectories, dtype=np.bool_)  # episode i still running
-        running_idx: Tensor | None = None  # rows still running; None means all of them
+        capacity = act_np.shape[0]
+        # Zeroed in full each batch (a few tens of microseconds), so an exception in an
+        # earlier batch cannot leave stale rows behind.
+        obs_buf.zero_()
+        self._act_buf.zero_()  # copies whose episode has ended keep the dummy action 0
+        running: np.ndarray | None = None  # ascending indices still running; None: all
         t = 0
         while True:
             if t == capacity:
                 self._grow()
-                obs_buf, act_buf = self._obs_buf, self._act_buf
+                obs_buf = self._obs_buf
                 obs_np, act_np, rew_np = self._obs_np, self._act_np, self._rew_np
-                capacity = act_buf.shape[0]
-            np.copyto(obs_np[t], obs, casting="unsafe")  # s_t
-            act_t = act_buf[t]
-            if running_idx is None:
-                act_t.copy_(sample(obs_buf[t], generator))  # a_t ~ pi(. | s_t)
+                capacity = act_np.shape[0]
+            obs_t, act_t = obs_np[t], act_np[t]
+            if running is None:
+                np.copyto(obs_t, obs, casting="unsafe")  # s_t
+                act_t[:] = sample(obs_buf[t], generator).numpy()  # a_t ~ pi(. | s_t)
             else:  # the policy only sees the copies whose episode is still running
-                rows = obs_buf[t].index_select(0, running_idx)
-                act_t.index_copy_(0, running_idx, sample(rows, generator))
-            obs, reward, term, trunc, _ = env_step(act_np[t])
-            np.copyto(rew_np[t], reward, casting="unsafe")  # r_{t+1}
+                rows = np.asarray(obs[running], dtype=np.float32)  # a fresh copy
+                obs_t[running] = rows
+                act_t[running] = sample(torch.from_numpy(rows), generator).numpy()
+            obs, reward, term, trunc, _ = env_step(act_t)
+            np.copyto(rew_np[t], reward, casting="unsafe")  # r_{t+1}, masked in collect
             t += 1
-            ended = (term | trunc) & running
+            # Episode ends among the running copies only (finished copies have autoreset).
+            ended = term | trunc if running is None else term[running] | trunc[running]
             if ended.any():
-                lengths[ended] = t
-                terminated[ended] = term[ended]
-                running &= ~ended
-                if not running.any():
+                if running is None:
+                    ended_idx, running = np.flatnonzero(ended), np.flatnonzero(~ended)
+                else:
+                    ended_idx, running = running[ended], running[~ended]
+                lengths[ended_idx] = t
+                terminated[ended_idx] = term[ended_idx]
+                if running.size == 0:
                     return t
-                running_idx = torch.from_numpy(np.flatnonzero(running))
             if t >= self.max_episode_steps:
+                n_running = self.n_trajectories if running is None else running.size
                 raise RuntimeError(
-                    f"{self.env_id}: {int(running.sum())} episode(s) still running after "
+                    f"{self.env_id}: {n_running} episode(s) still running after "
                     f"max_episode_steps={self.max_episode_steps} steps; the environment does "
                     "not enforce its time limit"
                 )
@@ -363,12 +372,12 @@ class RolloutCollector:
         mask = torch.arange(t).unsqueeze(0) < lengths_t.unsqueeze(1)  # [N, T]
         return EpisodeBatch(
             # Fresh [N, T, ...] copies of the time-major buffers (clone, not contiguous(),
-            # which may return a view of the reused buffer when N or T is 1).
+            # which may return a view of the reused buffer when N or T is 1). Observations
+            # and actions are already 0 where masked (see _play); rewards are not.
             observations=self._obs_buf[:t]
             .transpose(0, 1)
-            .clone(memory_format=torch.contiguous_format)
-            .masked_fill_(~mask.unsqueeze(-1), 0.0),
-            actions=torch.where(mask, self._act_buf[:t].T, 0),
+            .clone(memory_format=torch.contiguous_format),
+            actions=self._act_buf[:t].T.clone(memory_format=torch.contiguous_format),
             rewards=torch.where(mask, self._rew_buf[:t].T, 0.0),
             mask=mask,
             lengths=lengths_t,

@@ -13,7 +13,7 @@ from conftest import run_app
 from analysis.wandb_source import load_wandb_offline
 
 
-@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+@pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local"])
 def test_offline_runs_read_back_equal_local_results(tmp_path, launcher):
     proc = run_app(
         "tabular_ascent.py",
