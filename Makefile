@@ -11,7 +11,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PYTEST_ARGS ?=
 OUT ?= results
 
-.PHONY: venv run test test-fast lint format bench report lock clean
+.PHONY: venv run test test-fast lint format bench report readme-figures lock clean
 
 venv: $(STAMP)
 
@@ -42,7 +42,13 @@ bench: venv
 	$(BIN)/python benchmarks/bench_job_overhead.py
 
 report: venv
-	$(BIN)/python -m analysis.report $(OUT)/runs --out $(OUT)/report
+	$(BIN)/python -m analysis.report $(OUT)/multirun --out $(OUT)/report
+
+# The README's figures: regenerate from the flagship results (make run) and copy them to docs/figures.
+README_FIGURES := estimator_relative_bias estimator_variance ascent_expected_return cartpole_learning_curves cartpole_collapse
+readme-figures: report
+	mkdir -p docs/figures
+	for f in $(README_FIGURES); do cp $(OUT)/report/figures/$$f.png docs/figures/; done
 
 lock: venv
 	$(BIN)/pip freeze --exclude-editable | sed 's/+cpu//' > requirements/lock.txt.new && mv requirements/lock.txt.new requirements/lock.txt

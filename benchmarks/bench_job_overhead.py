@@ -19,7 +19,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TRIVIAL = ["mdp=two_state", "n_trajectories=1", "n_repetitions=2", "estimator=reinforce", "progress=false"]
+TRIVIAL = [
+    "mdp=two_state",
+    "n_trajectories=1",
+    "n_repetitions=2",
+    "estimator=reinforce",
+    "progress=false",
+]
 
 
 def wall(cmd: list[str], repeats: int) -> float:
@@ -52,8 +58,10 @@ def main() -> None:
         print(f"  {name:40s} {seconds:6.2f} s   ({seconds / base:5.1f}x bare python)")
     job = figures["job, W&B offline"]
     verdict = "OK" if job <= 3.0 else "OVER TARGET"
-    print(f"job with W&B offline: {job:.2f} s (target <= 3 s: {verdict}); "
-          f"W&B adds {job - figures['job, logger=none']:.2f} s")
+    print(
+        f"job with W&B offline: {job:.2f} s (target <= 3 s: {verdict}); "
+        f"W&B adds {job - figures['job, logger=none']:.2f} s"
+    )
 
 
 if __name__ == "__main__":

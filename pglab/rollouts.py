@@ -237,6 +237,8 @@ class RolloutCollector:
                 **kwargs,
             )
         self._first_reset = True
+        # Leading rows of the buffers that the last batch wrote (None: possibly all of them).
+        self._dirty_rows: int | None = 0
         # Time-major buffers [capacity, N, ...], reused across batches; step t is one
         # contiguous row. Batches are copied out of them, so batches never alias them.
         capacity = min(self.max_episode_steps, _INITIAL_CAPACITY)
@@ -293,10 +295,11 @@ class RolloutCollector:
         obs_buf = self._obs_buf
         obs_np, act_np, rew_np = self._obs_np, self._act_np, self._rew_np
         capacity = act_np.shape[0]
-        # Zeroed in full each batch (a few tens of microseconds), so an exception in an
-        # earlier batch cannot leave stale rows behind.
-        obs_buf.zero_()
-        self._act_buf.zero_()  # copies whose episode has ended keep the dummy action 0
+        # Zero what the last batch wrote (everything if it was interrupted): copies whose
+        # episode has ended keep observation 0 and the dummy action 0.
+        obs_buf[: self._dirty_rows].zero_()
+        self._act_buf[: self._dirty_rows].zero_()
+        self._dirty_rows = None  # until this batch ends normally
         running: np.ndarray | None = None  # ascending indices still running; None: all
         t = 0
         while True:
@@ -326,6 +329,7 @@ class RolloutCollector:
                 lengths[ended_idx] = t
                 terminated[ended_idx] = term[ended_idx]
                 if running.size == 0:
+                    self._dirty_rows = t
                     return t
             if t >= self.max_episode_steps:
                 n_running = self.n_trajectories if running is None else running.size

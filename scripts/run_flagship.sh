@@ -14,8 +14,9 @@ stamp() { date +%s; }
 t0=$(stamp)
 
 echo "== 1/4 estimator study -> $OUT/multirun/estimator_variance/flagship"
+# γ = 0.9 so that dropping the γ^t factor (reward_to_go_dropped_discount) shows its bias
 $PY experiments/estimator_variance.py -m paths.output_dir="$OUT" sweep_name=flagship \
-    mdp=two_state,chain,gridworld
+    mdp=two_state,chain,gridworld mdp.gamma=0.9
 t1=$(stamp)
 
 echo "== 2/4 tabular ascent -> $OUT/multirun/tabular_ascent/flagship"
