@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from experiments.common.job import JobContext, JobOutput, run_job  # noqa: E402
 from experiments.validate import positive_int  # noqa: E402
 from pglab import gradient_quality, policies, rollouts  # noqa: E402
-from pglab.collapse import CollapseConfig, CollapseDetector  # noqa: E402
+from pglab.collapse import CollapseConfig, CollapseDetector, scale_to_batch_size  # noqa: E402
 from pglab.training import TrainConfig, train  # noqa: E402
 
 
@@ -96,7 +96,12 @@ def experiment(ctx: JobContext) -> JobOutput:
     cfg = ctx.cfg
     config = train_config(cfg)
     config.validate()  # N, α, estimator, optimizer, budget: fail before any work
-    detector = CollapseDetector(CollapseConfig(**OmegaConf.to_container(cfg.collapse)))
+    collapse = dict(OmegaConf.to_container(cfg.collapse))
+    scale = collapse.pop("scale_with_batch_size")
+    collapse_config = CollapseConfig(**collapse)
+    if scale:
+        collapse_config = scale_to_batch_size(collapse_config, config.n_trajectories)
+    detector = CollapseDetector(collapse_config)
     checkpoints: set[int] = set()
     if cfg.gradient_quality.enabled:
         for c in cfg.gradient_quality.checkpoints:

@@ -64,7 +64,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 REASONS = ("return_drop", "non_finite", "entropy_collapse")
 
@@ -123,6 +123,36 @@ class CollapseConfig:
                 f"poor_return={self.poor_return!r}, expected a finite number or None "
                 "(None disables the entropy-collapse rule)"
             )
+
+
+def scale_to_batch_size(
+    config: CollapseConfig, n_trajectories: int, calibrated_n: int = 10
+) -> CollapseConfig:
+    """Stretch ``window`` and ``peak_smoothing`` so they span as many episodes as at ``calibrated_n``.
+
+    The defaults are calibrated for batches of N = 10 episodes: a 5-iteration trailing
+    mean (50 episodes) for the peak and a 10-iteration window (100 episodes). With smaller
+    batches a per-iteration return is much noisier (its standard error grows like
+    1/sqrt(N)), so the same iteration counts would flag noise as collapse: N = 1 runs that
+    were still learning were flagged as ``return_drop``. For N < ``calibrated_n`` this
+    returns a config whose window and smoothing are multiplied by ceil(calibrated_n / N);
+    for N >= ``calibrated_n`` the config is returned unchanged.
+
+        window'         = window * ceil(calibrated_n / N)
+        peak_smoothing' = peak_smoothing * ceil(calibrated_n / N)
+    """
+    if (
+        isinstance(n_trajectories, bool)
+        or not isinstance(n_trajectories, int)
+        or n_trajectories < 1
+    ):
+        raise ValueError(f"n_trajectories={n_trajectories!r}, expected an integer >= 1")
+    factor = -(-calibrated_n // n_trajectories)  # ceil
+    if factor <= 1:
+        return config
+    return replace(
+        config, window=config.window * factor, peak_smoothing=config.peak_smoothing * factor
+    )
 
 
 @dataclass

@@ -131,3 +131,16 @@ def test_detect_collapse_rejects_mismatched_lengths():
         detect_collapse([1.0, 2.0, 3.0], [0.5, 0.5])
     with pytest.raises(ValueError, match="len\\(finite\\)=1"):
         detect_collapse([1.0, 2.0], [0.5, 0.5], finite=[True])
+
+
+def test_scaling_to_small_batches_spans_the_same_number_of_episodes():
+    from pglab.collapse import scale_to_batch_size
+
+    base = CollapseConfig()
+    assert scale_to_batch_size(base, 10) == base and scale_to_batch_size(base, 50) == base
+    one = scale_to_batch_size(base, 1)
+    assert (one.window, one.peak_smoothing) == (10 * base.window, 10 * base.peak_smoothing)
+    three = scale_to_batch_size(base, 3)  # ceil(10 / 3) = 4
+    assert (three.window, three.peak_smoothing) == (4 * base.window, 4 * base.peak_smoothing)
+    with pytest.raises(ValueError, match="n_trajectories=0"):
+        scale_to_batch_size(base, 0)
