@@ -66,8 +66,15 @@ def _flat(values: Mapping[str, Any]) -> dict[str, Any]:
     return flatten_config({k: v for k, v in values.items() if k != "_wandb"})
 
 
+SUPERSEDED_DIR = "superseded"  # where a re-run job sets aside its earlier offline runs
+
+
 def find_offline_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Every ``run-*.wandb`` file under ``paths`` (files or directories), sorted, unique."""
+    """Every ``run-*.wandb`` file under ``paths`` (files or directories), sorted, unique.
+
+    Directories are searched recursively, except ``wandb/superseded/``: the runs of
+    earlier attempts of a job that was run again (a file passed explicitly is kept).
+    """
     found: set[Path] = set()
     for raw in paths:
         path = Path(raw).expanduser().resolve()
@@ -76,7 +83,7 @@ def find_offline_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
         if path.is_file():
             found.add(path)
         else:
-            found.update(path.rglob("run-*.wandb"))
+            found.update(f for f in path.rglob("run-*.wandb") if SUPERSEDED_DIR not in f.parts)
     return sorted(found)
 
 

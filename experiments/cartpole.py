@@ -155,7 +155,13 @@ def experiment(ctx: JobContext) -> JobOutput:
     history = pd.DataFrame(result.history)
     for key, value in ident.items():
         history[key] = value
-    summary = {**ident, **result.summary(), "status": result.status}
+    summary = {
+        **ident,
+        **result.summary(),
+        "status": result.status,
+        "collapse_return_window": collapse_config.effective_return_window,
+        "collapse_peak_smoothing": collapse_config.peak_smoothing,
+    }
     tables = {"history": history, "summary": pd.DataFrame([summary])}
     if quality_rows:
         quality = pd.DataFrame(quality_rows)  # its n_trajectories is the batch size N

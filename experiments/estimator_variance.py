@@ -53,8 +53,9 @@ def study(ctx: JobContext) -> JobOutput:
     rows = []
     with ctx.progress(len(batch_sizes), f"{mdp.name}: batch sizes") as bar:
         for index, n in enumerate(sorted(batch_sizes)):
+            # seeded by (seed, N): a batch size gives the same numbers whatever the grid
             batches = estimators.batch_estimates(
-                mdp, logits, n, n_repetitions, names, seed=seed * 1_000_003 + index
+                mdp, logits, n, n_repetitions, names, seed=seed * 1_000_003 + n
             )
             logged = {"n_trajectories": n}
             for name in names:

@@ -85,6 +85,10 @@ class CollapseConfig:
             near-deterministic; >= 0.
         poor_return: (c) returns below this count as still poor; ``None`` disables (c).
             CartPole default 100.
+        return_window: (a) consecutive iterations the return must stay dropped; ``None``
+            (default) uses ``window``. :func:`scale_to_batch_size` sets it for small N,
+            where per-iteration returns are noisy; rule (c) keeps ``window``, since the
+            policy's entropy is not a noisy batch statistic in the same way.
     """
 
     drop_fraction: float = 0.5
@@ -93,6 +97,12 @@ class CollapseConfig:
     min_peak: float = 50.0
     entropy_threshold: float = 0.05
     poor_return: float | None = 100.0
+    return_window: int | None = None
+
+    @property
+    def effective_return_window(self) -> int:
+        """Window of rule (a): ``return_window``, or ``window`` when that is ``None``."""
+        return self.window if self.return_window is None else self.return_window
 
     def __post_init__(self) -> None:
         self.validate()
@@ -114,6 +124,14 @@ class CollapseConfig:
                 f"min_peak={self.min_peak!r}, expected a number > 0 (math.inf disables the "
                 "return-drop rule)"
             )
+        if self.return_window is not None and (
+            isinstance(self.return_window, bool)
+            or not isinstance(self.return_window, int)
+            or self.return_window < 1
+        ):
+            raise ValueError(
+                f"return_window={self.return_window!r}, expected an integer >= 1 or None"
+            )
         if not (math.isfinite(self.entropy_threshold) and self.entropy_threshold >= 0.0):
             raise ValueError(
                 f"entropy_threshold={self.entropy_threshold!r}, expected a finite number >= 0"
@@ -128,18 +146,23 @@ class CollapseConfig:
 def scale_to_batch_size(
     config: CollapseConfig, n_trajectories: int, calibrated_n: int = 10
 ) -> CollapseConfig:
-    """Stretch ``window`` and ``peak_smoothing`` so they span as many episodes as at ``calibrated_n``.
+    """Stretch the return rule's window and smoothing to span as many episodes as at ``calibrated_n``.
 
     The defaults are calibrated for batches of N = 10 episodes: a 5-iteration trailing
     mean (50 episodes) for the peak and a 10-iteration window (100 episodes). With smaller
     batches a per-iteration return is much noisier (its standard error grows like
     1/sqrt(N)), so the same iteration counts would flag noise as collapse: N = 1 runs that
     were still learning were flagged as ``return_drop``. For N < ``calibrated_n`` this
-    returns a config whose window and smoothing are multiplied by ceil(calibrated_n / N);
-    for N >= ``calibrated_n`` the config is returned unchanged.
+    returns a config whose return-drop window and peak smoothing are multiplied by
+    ceil(calibrated_n / N); the entropy rule (c) keeps ``window`` (a saturated softmax is
+    not a noisy per-batch statistic). For N >= ``calibrated_n`` the config is returned
+    unchanged.
 
-        window'         = window * ceil(calibrated_n / N)
+        return_window'  = effective_return_window * ceil(calibrated_n / N)
         peak_smoothing' = peak_smoothing * ceil(calibrated_n / N)
+
+    Rule (a) then needs at least peak_smoothing' + return_window' - 1 iterations to fire,
+    so short runs with small N should use an env-step budget (as the grid presets do).
     """
     if (
         isinstance(n_trajectories, bool)
@@ -151,7 +174,9 @@ def scale_to_batch_size(
     if factor <= 1:
         return config
     return replace(
-        config, window=config.window * factor, peak_smoothing=config.peak_smoothing * factor
+        config,
+        return_window=config.effective_return_window * factor,
+        peak_smoothing=config.peak_smoothing * factor,
     )
 
 
@@ -260,7 +285,7 @@ class CollapseDetector:
 
         # When both fire at the same iteration, the earlier onset wins.
         fired = []
-        if self._drop_count >= cfg.window:
+        if self._drop_count >= cfg.effective_return_window:
             fired.append((self._drop_start, "return_drop"))
         if self._entropy_count >= cfg.window:
             fired.append((self._entropy_start, "entropy_collapse"))

@@ -234,6 +234,10 @@ def _return_coefficients(
     n = n_trajectories
     if estimator == "reinforce":
         return one, zero
+    if n == 1 and estimator in ("baseline_batch_mean", "normalized"):
+        # R_1 - mean = 0 exactly; computing alpha (sum R S - c sum S) would leave round-off
+        # (times 1/eps = 1e8 for normalized) instead of the exact zero.
+        return zero, zero
     if estimator == "baseline_batch_mean":
         return one, mean
     if estimator == "baseline_leave_one_out":

@@ -139,8 +139,20 @@ def test_scaling_to_small_batches_spans_the_same_number_of_episodes():
     base = CollapseConfig()
     assert scale_to_batch_size(base, 10) == base and scale_to_batch_size(base, 50) == base
     one = scale_to_batch_size(base, 1)
-    assert (one.window, one.peak_smoothing) == (10 * base.window, 10 * base.peak_smoothing)
+    assert (one.effective_return_window, one.peak_smoothing) == (100, 50)
+    assert one.window == base.window  # the entropy rule keeps its window
     three = scale_to_batch_size(base, 3)  # ceil(10 / 3) = 4
-    assert (three.window, three.peak_smoothing) == (4 * base.window, 4 * base.peak_smoothing)
+    assert (three.effective_return_window, three.peak_smoothing) == (40, 20)
     with pytest.raises(ValueError, match="n_trajectories=0"):
         scale_to_batch_size(base, 0)
+
+
+def test_scaled_config_still_detects_entropy_collapse_within_the_plain_window():
+    """N = 1 stretches only the return rule: a saturated, poor policy is still caught."""
+    from pglab.collapse import scale_to_batch_size
+
+    config = scale_to_batch_size(CollapseConfig(), 1)
+    returns = [20.0] * 20 + [9.0] * 30
+    entropies = [0.6] * 20 + [0.0] * 30
+    status = detect_collapse(returns, entropies, config=config)
+    assert (status.reason, status.iteration) == ("entropy_collapse", 20)

@@ -394,3 +394,15 @@ def test_sampled_gradient_bad_input(call, message):
     mdp = chain_undiscounted()
     with pytest.raises(ValueError, match=message):
         call(mdp, random_logits(mdp))
+
+
+def test_batch_coupled_estimators_are_exactly_zero_at_one_trajectory():
+    """With N = 1, R_1 − mean(R) = 0: batch-mean and normalized estimates are exactly 0."""
+    mdp = zoo.make("chain")
+    logits = initial_logits(mdp.n_states, mdp.n_actions, kind="random", seed=0)
+    batches = estimators.batch_estimates(
+        mdp, logits, 1, 50, ["baseline_batch_mean", "normalized"], seed=0
+    )
+    for name, estimates in batches.items():
+        assert torch.count_nonzero(estimates) == 0, name
+        assert torch.count_nonzero(estimators.sample_gradients(mdp, logits, 1, name)) == 0

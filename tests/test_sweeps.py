@@ -179,3 +179,49 @@ def test_nan_during_training_ends_run_as_diverged_with_results(tmp_path):
     assert meta["status"] == summary["status"]
     assert summary["collapsed"]
     assert len(pd.read_parquet(job / "history.parquet")) >= 1
+
+
+def test_rerun_sets_earlier_wandb_runs_aside(tmp_path):
+    """resume=false re-runs a finished job in the same dir; only the new W&B run is synced."""
+    args = (
+        "-m",
+        f"paths.output_dir={tmp_path}",
+        "sweep_name=again",
+        "n_iterations=3",
+        "progress=false",
+    )
+    run_app("tabular_ascent.py", *args)
+    run_app("tabular_ascent.py", *args, "resume=false")
+    (job,) = [p.parent for p in tmp_path.rglob("metadata.json")]
+    assert len(list((job / "wandb").glob("offline-run-*"))) == 1
+    assert len(list((job / "wandb" / "superseded").glob("offline-run-*"))) == 1
+    from analysis.wandb_source import load_wandb_offline
+
+    assert len(load_wandb_offline(tmp_path)["runs"]) == 1
+
+
+def test_failure_while_writing_results_is_recorded_as_failed(tmp_path, monkeypatch):
+    """An error after the body (here: pyarrow cannot store a column) ends the job as failed."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from experiments.common.job import JobOutput, run_job
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(
+            "tabular_ascent",
+            overrides=[f"paths.output_dir={tmp_path}", "logger=none"],
+            return_hydra_config=True,
+        )
+    cfg.hydra.runtime.output_dir = str(tmp_path / "job")
+    cfg.hydra.mode = RunMode.MULTIRUN
+    cfg.hydra.job.override_dirname = "job"
+    HydraConfig.instance().set_config(cfg)
+    bad = pd.DataFrame({"mixed": [1, "two"]})  # pyarrow refuses mixed int/str objects
+    status = run_job(cfg, "tabular_ascent", lambda ctx: JobOutput(tables={"history": bad}))
+    assert status == "failed"
+    meta = storage.read_metadata(tmp_path / "job")
+    assert meta["status"] == "failed"
+    assert meta["error"].startswith("Arrow"), meta["error"]  # pyarrow's ArrowTypeError/Invalid
+    assert not storage.is_finished(tmp_path / "job")

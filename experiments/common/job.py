@@ -77,6 +77,21 @@ def _finished_twin(sweep_dir: Path, job_hash: str) -> Path | None:
     return None
 
 
+def _set_aside_earlier_wandb_runs(run_dir: Path) -> None:
+    """Move offline W&B runs of earlier attempts in ``run_dir`` to ``wandb/superseded/``.
+
+    A job directory is re-used when a job is re-run (failed or killed before, or
+    ``resume=false``); its earlier offline runs would otherwise be uploaded by the
+    ``wandb sync <sweep>/*/wandb/offline-run-*`` command next to the current one.
+    """
+    earlier = sorted((run_dir / "wandb").glob("offline-run-*"))
+    if earlier:
+        superseded = run_dir / "wandb" / "superseded"
+        superseded.mkdir(parents=True, exist_ok=True)
+        for path in earlier:
+            path.rename(superseded / path.name)
+
+
 def _job_status(run_dir: Path, status: str, **extra: Any) -> None:
     stamp = datetime.now(UTC).isoformat(timespec="microseconds")
     storage.write_json({"status": status, "at": stamp, **extra}, run_dir / JOB_STATUS_FILE)
@@ -104,6 +119,7 @@ def run_job(cfg: DictConfig, experiment: str, body: Callable[[JobContext], JobOu
 
     storage.write_json({**meta, "status": "running"}, run_dir / storage.METADATA_FILE)
     _job_status(run_dir, "running")
+    _set_aside_earlier_wandb_runs(run_dir)
     logger_cfg = cfg.get("logger") or {}
     tracker = Tracker(
         enabled=bool(logger_cfg.get("enabled", False)),
@@ -127,6 +143,21 @@ def run_job(cfg: DictConfig, experiment: str, body: Callable[[JobContext], JobOu
     )
     try:
         output = body(context)
+        # Writing results can fail too (disk full, a table pyarrow cannot store): that
+        # must end as "failed" like an error in the body, never leave "running" behind.
+        for stem, table in output.tables.items():
+            storage.write_parquet(table, run_dir / f"{stem}.parquet")
+        for stem in output.wandb_tables:
+            tracker.log_table(stem, output.tables[stem])
+        tracker.summary({**output.summary, "status": output.status})
+        meta.update(
+            status=output.status,
+            summary=output.summary,
+            result_files=[f"{stem}.parquet" for stem in output.tables],
+            finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            wall_time_s=time.perf_counter() - start,
+        )
+        storage.write_json(meta, run_dir / storage.METADATA_FILE)
     except BaseException as error:
         meta.update(
             status="failed",
@@ -144,19 +175,6 @@ def run_job(cfg: DictConfig, experiment: str, body: Callable[[JobContext], JobOu
         log.exception("%s failed in %s", experiment, run_dir)
         return "failed"
 
-    for stem, table in output.tables.items():
-        storage.write_parquet(table, run_dir / f"{stem}.parquet")
-    for stem in output.wandb_tables:
-        tracker.log_table(stem, output.tables[stem])
-    tracker.summary({**output.summary, "status": output.status})
-    meta.update(
-        status=output.status,
-        summary=output.summary,
-        result_files=[f"{stem}.parquet" for stem in output.tables],
-        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        wall_time_s=time.perf_counter() - start,
-    )
-    storage.write_json(meta, run_dir / storage.METADATA_FILE)
     _job_status(run_dir, output.status)
     sync = tracker.finish()
     log.info(
