@@ -360,8 +360,11 @@ def estimator_section(
             "estimator_unbiasedness",
             (
                 f"Unbiasedness test per job row: H0 E[ĝ_N] = ∇J, z-test on every gradient coordinate "
-                f"over the K batches, max |z| and its Bonferroni-corrected p-value (from the stored "
-                f"results); verdict at level {level:g} per row (no correction across rows)."
+                f"that moved in enough of the K batches for the normal approximation (the others "
+                f"are counted as untestable, e.g. rarely visited states at small N), max |z| and "
+                f"its Bonferroni-corrected p-value (from the stored results); verdict at level "
+                f"{level:g} per row, with no correction across rows: even for an unbiased "
+                f"estimator about {level:.0%} of the rows reject by chance."
             ),
             tests,
         )

@@ -281,19 +281,32 @@ def unbiasedness_verdicts(estimator: pd.DataFrame, level: float = 0.05) -> pd.Da
     Each row's ``p_value`` is the app's Bonferroni-corrected test of H0: E[ĝ_N] = ∇J
     over all gradient coordinates (``max_abs_z`` the largest |z|). Returns ``mdp``,
     ``estimator``, ``n_trajectories``, ``seed``, ``max_abs_z``, ``p_value``, ``verdict``:
-    "reject unbiased" when ``p_value < level``, "untested (no p-value)" when it is NaN,
-    else "consistent with unbiased".
+    "reject unbiased" when ``p_value < level``, "untested (no coordinate testable)" when it
+    is NaN, else "consistent with unbiased", with " (on the tested coordinates)" appended
+    when some coordinates were untestable (see ``pglab.stats``: too few informative batches).
     """
     columns = [
         c
-        for c in ("mdp", "estimator", "n_trajectories", "seed", "max_abs_z", "p_value")
+        for c in (
+            "mdp",
+            "estimator",
+            "n_trajectories",
+            "seed",
+            "max_abs_z",
+            "p_value",
+            "n_tested_coordinates",
+            "n_untestable_coordinates",
+        )
         if c in estimator.columns
     ]
     table = estimator[columns].copy()
     p = table["p_value"].to_numpy(dtype=float)
     table["verdict"] = np.select(
         [np.isnan(p), p < level],
-        ["untested (no p-value)", "reject unbiased"],
+        ["untested (no coordinate testable)", "reject unbiased"],
         default="consistent with unbiased",
     )
+    if "n_untestable_coordinates" in table:
+        partial = (table["n_untestable_coordinates"] > 0) & ~np.isnan(p) & (p >= level)
+        table.loc[partial, "verdict"] += " (on the tested coordinates)"
     return table.reset_index(drop=True)

@@ -19,12 +19,20 @@ from typing import Any
 import numpy as np
 from scipy import stats as scipy_stats
 
-__all__ = ["ZERO_VARIANCE_ATOL", "gradient_estimate_metrics", "loglog_slope"]
+__all__ = [
+    "MIN_INFORMATIVE_BATCHES",
+    "ZERO_VARIANCE_ATOL",
+    "gradient_estimate_metrics",
+    "loglog_slope",
+]
 
 #: A coordinate whose ``K`` estimates are all equal has no standard error; it counts
 #: as unbiased only if ``|mean - truth| <= ZERO_VARIANCE_ATOL * (1 + |truth|)`` (float
 #: round-off), otherwise the test rejects outright (``p_value = 0``).
 ZERO_VARIANCE_ATOL = 1e-12
+#: A coordinate enters the z-test only if at least this many of the K batch estimates
+#: differ from its median (the normal approximation needs more than a handful of events).
+MIN_INFORMATIVE_BATCHES = 10
 
 
 def _as_float_array(name: str, value: Any, ndim: int) -> np.ndarray:
@@ -92,12 +100,16 @@ def gradient_estimate_metrics(
                                                 Bonferroni over those ``m`` coordinates,
                                                 for ``H0: E ghat = g``
         ``n_tested_coordinates``                ``m``
+        ``n_untestable_coordinates``            coordinates the z-test cannot judge (below)
         ======================================  =================================================
 
-        Constant coordinates (all ``K`` values equal) must match the truth up to round-off
-        (:data:`ZERO_VARIANCE_ATOL`); if one does not, ``max_abs_z = inf`` and
-        ``p_value = 0``. The z-test uses the normal approximation to the mean of ``K``
-        rows, fine for ``K`` in the hundreds or more.
+        The z-test uses the normal approximation to the mean of ``K`` rows, so it only
+        tests coordinates that differ from their median in at least
+        :data:`MIN_INFORMATIVE_BATCHES` of the ``K`` batches. A constant coordinate equal to
+        the truth up to round-off (:data:`ZERO_VARIANCE_ATOL`) passes; a constant one that
+        differs, or one that moved in too few batches (a rarely visited state), is counted
+        in ``n_untestable_coordinates`` rather than taken as evidence of bias. With no
+        tested coordinate ``p_value`` is 1 if nothing is untestable and NaN otherwise.
 
     Raises:
         ValueError: wrong shapes, ``K < 2``, non-finite entries, or ``confidence`` outside
@@ -148,19 +160,24 @@ def gradient_estimate_metrics(
         cosine_mean = math.nan
 
     # Unbiasedness: per-coordinate z with the sample standard error, Bonferroni over m.
+    # The z-test leans on the central limit theorem, which needs a coordinate to move in
+    # enough of the K batches: one that differs from its median in fewer than
+    # MIN_INFORMATIVE_BATCHES (a rarely reached state, say) is "untestable", as is a
+    # constant column that differs from the truth (K identical draws of a rare-event
+    # estimator are no evidence of bias). A constant column equal to the truth (up to
+    # round-off) is fine, e.g. an unreachable state.
     std = np.sqrt(variances)
-    # a constant column has no standard error (its s_j may be round-off, ~1e-17, not 0)
-    tested = (np.ptp(values, axis=0) > 0) & (std > 0)
+    informative = (values != np.median(values, axis=0)).sum(axis=0)
+    tested = (informative >= MIN_INFORMATIVE_BATCHES) & (std > 0)
+    constant_ok = (np.ptp(values, axis=0) == 0) & (
+        np.abs(diff) <= ZERO_VARIANCE_ATOL * (1.0 + np.abs(target))
+    )
+    n_untestable = int((~tested & ~constant_ok).sum())
     m = int(tested.sum())
     z = diff[tested] / (std[tested] / math.sqrt(n_reps))
     max_abs_z = float(np.max(np.abs(z))) if m > 0 else 0.0
-    constant_ok = np.all(
-        np.abs(diff[~tested]) <= ZERO_VARIANCE_ATOL * (1.0 + np.abs(target[~tested]))
-    )
-    if not constant_ok:
-        max_abs_z, p_value = math.inf, 0.0
-    elif m == 0:
-        p_value = 1.0
+    if m == 0:
+        p_value = math.nan if n_untestable else 1.0
     else:
         p_value = min(1.0, m * 2.0 * float(scipy_stats.norm.sf(max_abs_z)))
 
@@ -184,6 +201,7 @@ def gradient_estimate_metrics(
         "snr": g_norm**2 / total_variance if total_variance > 0 else math.inf,
         "max_abs_z": max_abs_z,
         "p_value": p_value,
+        "n_untestable_coordinates": n_untestable,
         "n_tested_coordinates": float(m),
     }
 

@@ -104,9 +104,26 @@ def test_zero_variance_coordinates():
     estimates[:, 0] = 0.0  # e.g. an unreachable state: always exactly the true 0
     m = gradient_estimate_metrics(estimates, truth)
     assert m["n_tested_coordinates"] == 2 and m["p_value"] > 1e-3
-    estimates[:, 0] = 0.1  # constant but wrong: no noise can explain it
+    assert m["n_untestable_coordinates"] == 0
+    # constant but different from the truth: K identical draws (e.g. a rare event never
+    # seen) give the z-test nothing to work with, so the coordinate is untestable
+    estimates[:, 0] = 0.1
     m = gradient_estimate_metrics(estimates, truth)
-    assert m["p_value"] == 0.0 and m["max_abs_z"] == math.inf
+    assert m["n_tested_coordinates"] == 2 and m["n_untestable_coordinates"] == 1
+    assert m["p_value"] > 1e-3
+    only = gradient_estimate_metrics(estimates[:, :1], truth[:1])
+    assert math.isnan(only["p_value"])
+
+
+def test_rarely_moving_coordinate_is_not_tested():
+    """A coordinate non-zero in 9 of 500 batches is outside the CLT regime: untestable."""
+    rng = np.random.default_rng(5)
+    truth = np.array([0.05, 1.0])
+    estimates = np.stack([np.zeros(500), truth[1] + rng.normal(size=500)], axis=1)
+    estimates[:9, 0] = 1.0  # mean 0.018 against 0.05: a naive z-test would reject
+    m = gradient_estimate_metrics(estimates, truth)
+    assert m["n_tested_coordinates"] == 1 and m["n_untestable_coordinates"] == 1
+    assert m["p_value"] > 1e-3
 
 
 def test_metrics_bad_input():
