@@ -51,7 +51,8 @@ readme-figures: report
 	for f in $(README_FIGURES); do cp $(OUT)/report/figures/$$f.png docs/figures/; done
 
 lock: venv
-	$(BIN)/pip freeze --exclude-editable | sed 's/+cpu//' > requirements/lock.txt.new && mv requirements/lock.txt.new requirements/lock.txt
+	{ grep '^#' requirements/lock.txt; $(BIN)/pip freeze --exclude-editable | sed 's/+cpu//'; } > requirements/lock.txt.new
+	mv requirements/lock.txt.new requirements/lock.txt
 
 clean:
 	rm -rf outputs multirun $(OUT) .pytest_cache .ruff_cache

@@ -31,6 +31,12 @@ from pglab.training import TrainConfig, train  # noqa: E402
 
 
 def train_config(cfg: DictConfig) -> TrainConfig:
+    for key in ("iterations", "env_steps"):  # name the config keys users type
+        value = cfg.budget[key]
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ValueError(f"budget.{key} must be a positive integer or null, got {value!r}")
     return TrainConfig(
         env_id=cfg.env_id,
         n_trajectories=cfg.n_trajectories,

@@ -31,6 +31,7 @@ policy and same collector seed give the same run.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -98,6 +99,16 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first invalid field and its value."""
+        real = ("step_size", "gamma", "momentum", "deterministic_threshold")
+        integer = ("max_iterations", "max_env_steps", "variance_every", "seed")
+        for name in real + integer:
+            value = getattr(self, name)
+            wanted = numbers.Integral if name in integer else numbers.Real
+            if value is None and name in ("max_iterations", "max_env_steps"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, wanted):
+                kind = "an integer" if name in integer else "a number"
+                raise ValueError(f"{name}={value!r}, expected {kind}")
         if not isinstance(self.n_trajectories, int) or self.n_trajectories <= 0:
             raise ValueError(f"n_trajectories={self.n_trajectories!r}, expected an integer >= 1")
         if not math.isfinite(self.step_size) or self.step_size <= 0:

@@ -118,6 +118,8 @@ def test_mdp_from_file(tmp_path):
         ("estimator=baseline_value", "baseline_value"),
         ("env_id=NoSuchEnv-v0", "NoSuchEnv-v0"),
         ("optimizer=rmsprop", "rmsprop"),
+        ("step_size=abc", "step_size='abc', expected a number"),
+        ("budget.iterations=0", "budget.iterations must be a positive integer or null, got 0"),
     ],
 )
 def test_bad_cartpole_config_fails_before_work(tmp_path, override, message):

@@ -69,6 +69,10 @@ def _run(config: TrainConfig, kind: str = "mlp", seed: int = 0, **kwargs) -> Tra
     ("changes", "message"),
     [
         ({"n_trajectories": 0}, "n_trajectories=0"),
+        ({"step_size": "abc"}, "step_size='abc', expected a number"),
+        ({"gamma": "abc"}, "gamma='abc', expected a number"),
+        ({"max_env_steps": "abc"}, "max_env_steps='abc', expected an integer"),
+        ({"variance_every": 1.5}, "variance_every=1.5, expected an integer"),
         ({"n_trajectories": -3}, "n_trajectories=-3"),
         ({"step_size": math.nan}, "step_size=nan"),
         ({"step_size": math.inf}, "step_size=inf"),

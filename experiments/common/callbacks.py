@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,6 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-log = logging.getLogger("pglab")
 JOB_STATUS_FILE = "job_status.json"  # written by experiments.common.job
 
 
@@ -44,10 +42,9 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         counts = sweep_counts(sweep_dir, since=self.started)
-        line = ", ".join(f"{v} {k}" for k, v in counts.items() if v or k in ("done", "failed"))
-        message = f"multirun {sweep_dir}: {line}"
-        log.info(message)
-        print(message, flush=True)
+        always = ("done", "skipped", "failed")
+        line = ", ".join(f"{v} {k}" for k, v in counts.items() if v or k in always)
+        print(f"multirun {sweep_dir}: {line}", flush=True)
         if counts["done"] + counts["diverged"] and config.get("logger", {}).get("enabled"):
             print(
                 f"upload every offline W&B run of this sweep: wandb sync {sweep_dir}/*/wandb/offline-run-*",
