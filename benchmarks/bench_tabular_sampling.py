@@ -13,6 +13,10 @@ REINFORCE gradients ``g_i = R_i sum_t grad log pi(a_t|s_t)``.
   (same law as pglab, same gradients on the same paths) is tested in
   ``tests/test_sampling.py``.
 
+``--transition-rewards`` gives the same Garnet per-transition rewards
+``R(s, a, s') ~ U(0, 1)`` (``TabularMDP.transition_rewards``; ``r`` is their expectation),
+so both samplers pay the realized ``R(s_t, a_t, s_{t+1})``: the cost of realized rewards.
+
 Both run in the same process, for each thread count in ``--threads`` (default 1 and 2):
 one warm-up call, then ``--repeats`` timed calls; best and median are reported as
 trajectory-steps per second (``N * T / seconds``, the ``[N, S, A]`` result included).
@@ -21,6 +25,7 @@ against the exact one (80 coordinates) is printed as a sanity check (Bonferroni
 threshold at familywise 1e-3: 4.4).
 
     .venv/bin/python benchmarks/bench_tabular_sampling.py [--threads 1,2] [--repeats 5]
+        [--transition-rewards]
 """
 
 from __future__ import annotations
@@ -49,7 +54,9 @@ def baseline_sample_trajectories(
     Per step: gather the rows ``pi(.|s_t)`` ``[N, A]`` and ``P(.|s_t, a_t)`` ``[N, S]``,
     ``cumsum`` them and invert with ``searchsorted(right=True)`` (so a probability-0 entry
     is never chosen), one float64 uniform per draw. Terminal steps are masked as in pglab.
-    A different random stream from pglab: the two agree in distribution only.
+    The reward is ``R(s_t, a_t, s_{t+1})`` if the MDP has ``transition_rewards``, else
+    ``r(s_t, a_t)``, as in pglab. A different random stream from pglab: the two agree in
+    distribution only.
     """
     n_states, horizon = mdp.n_states, mdp.horizon
     live = ~mdp.terminal
@@ -62,12 +69,15 @@ def baseline_sample_trajectories(
 
     states, actions, rewards = [], [], []
     s = draw(mdp.initial.expand(n_trajectories, n_states))
+    realized = mdp.transition_rewards
     for _ in range(horizon):
         a = draw(policy[s])  # a_t ~ pi(.|s_t)
         states.append(s)
         actions.append(a)
-        rewards.append(mdp.rewards[s, a] * live[s])
-        s = draw(mdp.transitions[s, a])  # s_{t+1} ~ P(.|s_t, a_t)
+        next_s = draw(mdp.transitions[s, a])  # s_{t+1} ~ P(.|s_t, a_t)
+        paid = mdp.rewards[s, a] if realized is None else realized[s, a, next_s]
+        rewards.append(paid * live[s])
+        s = next_s
     states_nt = torch.stack(states, dim=1)  # [N, T]
     return TrajectoryBatch(
         states=states_nt,
@@ -99,9 +109,17 @@ def baseline_sample_gradients(
     return reinforce_from_trajectories(mdp, policy, batch)
 
 
-def workload(seed: int = 0) -> tuple[TabularMDP, Tensor]:
-    """The benchmark MDP (Garnet S=20, A=4, b=3, T=50, gamma=1) and logits (random, scale 1)."""
+def workload(seed: int = 0, transition_rewards: bool = False) -> tuple[TabularMDP, Tensor]:
+    """The benchmark MDP (Garnet S=20, A=4, b=3, T=50, gamma=1) and logits (random, scale 1).
+
+    ``transition_rewards=True``: the same Garnet with ``R(s, a, s') ~ U(0, 1)`` (seeded by
+    ``seed``), so samples pay realized rewards.
+    """
     mdp = zoo.garnet(n_states=20, n_actions=4, branching=3, seed=seed, horizon=50, gamma=1.0)
+    if transition_rewards:
+        generator = torch.Generator().manual_seed(seed)
+        realized = torch.rand(20, 4, 20, generator=generator, dtype=torch.float64)
+        mdp = mdp.replace(rewards=realized, name=mdp.name + "+R(s,a,s')")
     return mdp, initial_logits(20, 4, kind="random", scale=1.0, seed=seed)
 
 
@@ -126,9 +144,14 @@ def main() -> None:
         "(default 1,2: on a busy 2-core machine the OpenMP barriers of a second thread can "
         "cost more than it gains, on an idle one it helps)",
     )
+    parser.add_argument(
+        "--transition-rewards",
+        action="store_true",
+        help="give the Garnet per-transition rewards R(s, a, s'), paid as realized rewards",
+    )
     args = parser.parse_args()
     thread_counts = [int(value) for value in args.threads.split(",")]
-    mdp, logits = workload()
+    mdp, logits = workload(transition_rewards=args.transition_rewards)
     n, horizon = args.n_trajectories, mdp.horizon
     steps = n * horizon
     implementations = {

@@ -6,7 +6,9 @@ Every estimator here has the same shape. Trajectory ``i`` contributes
 
 and the batch estimate of ``grad J`` is ``ghat_N = (1/N) sum_i g_i``. The estimators differ
 only in the weights ``Psi_{i,t}``. Notation: ``m_{i,t}`` the mask (step ``t`` is part of
-episode ``i``), ``r_{i,t}`` the reward, ``gamma`` the discount,
+episode ``i``), ``r_{i,t}`` the reward the environment paid on step ``t`` (on a tabular
+MDP the realized ``R(s_t, a_t, s_{t+1})`` when the MDP has ``transition_rewards``, else
+``r(s_t, a_t)``; see :mod:`pglab.sampling`), ``gamma`` the discount,
 
     R_i = sum_t gamma^t r_{i,t}                         discounted return,
     G_{i,t} = sum_{t' >= t} gamma^(t' - t) r_{i,t'}     return from step t on (G_T = 0).

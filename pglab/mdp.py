@@ -1,22 +1,35 @@
 """Finite-horizon tabular MDPs: the object every exact and sampled computation runs on.
 
-A :class:`TabularMDP` is the tuple ``(P, r, rho, T, gamma, terminal)``:
+A :class:`TabularMDP` is the tuple ``(P, r, rho, T, gamma, terminal)``, optionally with
+the per-transition rewards ``R``:
 
-===========  =============  =======  ====================================================
-attribute    shape          dtype    meaning
-===========  =============  =======  ====================================================
-transitions  ``[S, A, S]``  float64  ``P(s' | s, a)``; every row ``P[s, a, :]`` sums to 1
-rewards      ``[S, A]``     float64  expected immediate reward ``r(s, a)``
-initial      ``[S]``        float64  start distribution ``rho(s) = P(s_0 = s)``
-horizon      scalar         int      ``T >= 1``, the number of decisions in an episode
-gamma        scalar         float    discount ``gamma`` in ``[0, 1]``
-terminal     ``[S]``        bool     absorbing states with zero reward
-===========  =============  =======  ====================================================
+==================  =============  =======  =============================================
+attribute           shape          dtype    meaning
+==================  =============  =======  =============================================
+transitions         ``[S, A, S]``  float64  ``P(s' | s, a)``; every row ``P[s, a, :]``
+                                            sums to 1
+rewards             ``[S, A]``     float64  expected immediate reward ``r(s, a)``
+transition_rewards  ``[S, A, S]``  float64  realized reward ``R(s, a, s')`` of the step
+                    or ``None``             ``s -> s'``; ``None``: it is ``r(s, a)``
+initial             ``[S]``        float64  start distribution ``rho(s) = P(s_0 = s)``
+horizon             scalar         int      ``T >= 1``, the number of decisions
+gamma               scalar         float    discount ``gamma`` in ``[0, 1]``
+terminal            ``[S]``        bool     absorbing states with zero reward
+==================  =============  =======  =============================================
 
 The objective of a policy ``pi`` is the expected discounted return over ``T`` decisions::
 
     J(pi) = E[ sum_{t=0}^{T-1} gamma^t r(s_t, a_t) ],  s_0 ~ rho, a_t ~ pi(.|s_t),
                                                         s_{t+1} ~ P(.|s_t, a_t).
+
+Expected and realized rewards. ``J``, ``V``, ``Q`` and ``grad J`` depend on the rewards only
+through ``r(s, a) = sum_{s'} P(s' | s, a) R(s, a, s')``, which is what the exact oracle
+uses. A sampled trajectory, however, is paid the realized ``R(s_t, a_t, s_{t+1})`` (as the
+real environment pays it), so sampled returns, and the variance of any estimator built
+on them, are those of the environment. When ``R`` depends on ``s'`` (FrozenLake pays 1 only
+when the slip lands on the goal), paying ``r`` instead would understate that variance.
+``transition_rewards`` is kept whenever ``R(s, a, s')`` is given; without it the realized
+reward is ``r(s, a)`` itself.
 
 Terminal states are absorbing (``P[s, a, s] = 1``) and pay nothing (``r(s, a) = 0``) under
 every action, so once an episode reaches one, the remaining steps add zero to ``J``. Those
@@ -40,15 +53,19 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["PROBABILITY_TOLERANCE", "TabularMDP"]
+__all__ = ["PROBABILITY_TOLERANCE", "REWARD_TOLERANCE", "TabularMDP"]
 
 #: Absolute tolerance for "is a probability distribution": entries may be as low as
 #: ``-PROBABILITY_TOLERANCE`` (they are then clipped to 0) and sums may miss 1 by at most
 #: this much.
 PROBABILITY_TOLERANCE = 1e-8
 
+#: Relative tolerance for "``rewards`` is the expectation of ``transition_rewards``":
+#: ``|r(s, a) - sum_s' P(s'|s,a) R(s,a,s')| <= REWARD_TOLERANCE * (1 + max_s' |R(s,a,s')|)``.
+REWARD_TOLERANCE = 1e-9
+
 _REQUIRED_FILE_KEYS = ("horizon", "initial", "transitions", "rewards")
-_OPTIONAL_FILE_KEYS = ("name", "gamma", "terminal", "states", "actions")
+_OPTIONAL_FILE_KEYS = ("name", "gamma", "terminal", "states", "actions", "transition_rewards")
 
 
 def _fmt(value: float) -> str:
@@ -114,6 +131,23 @@ def _check_distribution(field: str, tensor: torch.Tensor, tol: float) -> torch.T
     return tensor.clamp_min(0.0)
 
 
+def _check_expected_rewards(
+    rewards: torch.Tensor, transitions: torch.Tensor, transition_rewards: torch.Tensor
+) -> None:
+    """ValueError unless ``rewards[s, a] = sum_s' P(s'|s,a) R(s,a,s')`` within tolerance."""
+    expected = (transitions * transition_rewards).sum(dim=-1)
+    scale = 1.0 + transition_rewards.abs().amax(dim=-1)
+    off = (rewards - expected).abs() > REWARD_TOLERANCE * scale
+    if bool(off.any()):
+        s, a = (int(i) for i in torch.nonzero(off)[0])
+        raise ValueError(
+            f"rewards[{s}, {a}] is {_fmt(rewards[s, a].item())} but "
+            f"sum_s' transitions[{s}, {a}, s'] * transition_rewards[{s}, {a}, s'] is "
+            f"{_fmt(expected[s, a].item())}; rewards must be the expectation of "
+            f"transition_rewards (tolerance {REWARD_TOLERANCE:g} * (1 + max |R|))"
+        )
+
+
 class TabularMDP:
     """A finite-horizon MDP with ``S`` states and ``A`` actions, stored as float64 tensors.
 
@@ -123,7 +157,9 @@ class TabularMDP:
             ``transitions[s, a]`` must sum to 1 within ``1e-8``.
         rewards: expected rewards ``r(s, a)`` with shape ``[S, A]``, or per-transition
             rewards ``R(s, a, s')`` with shape ``[S, A, S]``, which are reduced to
-            ``r(s, a) = sum_{s'} P(s' | s, a) R(s, a, s')``. Must be finite.
+            ``r(s, a) = sum_{s'} P(s' | s, a) R(s, a, s')``; the ``[S, A, S]`` form is
+            also kept as ``transition_rewards`` (it is shorthand for passing it there).
+            Must be finite.
         initial: ``[S]`` start distribution ``rho``.
         horizon: ``T``, the number of decisions per episode; an ``int >= 1``.
         gamma: discount factor in ``[0, 1]``; ``J = E[sum_t gamma^t r_t]``.
@@ -133,17 +169,25 @@ class TabularMDP:
         name: a label used in ``repr`` and in stored results.
         state_names: optional ``S`` labels (e.g. ``"start"``), kept for display and files.
         action_names: optional ``A`` labels (e.g. ``"left"``).
+        transition_rewards: optional ``[S, A, S]`` realized rewards ``R(s, a, s')``, paid by
+            the samplers on the step ``s -> s'``. Must be finite; with it, ``rewards`` must
+            be ``[S, A]`` and equal ``sum_{s'} P(s' | s, a) R(s, a, s')`` within
+            ``REWARD_TOLERANCE * (1 + max_{s'} |R(s, a, s')|)`` (``rewards`` is then kept as
+            given, so the exact oracle sees exactly the ``r`` it was given). Terminal
+            ``s`` must have ``R(s, a, s') = 0`` wherever ``P(s' | s, a) > 0``. Entries
+            with ``P(s' | s, a) = 0`` are never paid and are kept as given.
 
     Raises:
         ValueError: on any malformed field, naming the field, the index and the value, e.g.
             ``transitions[3, 1] sums to 0.97, expected 1 (tolerance 1e-08)``.
 
-    Attributes ``transitions``, ``rewards``, ``initial`` and ``terminal`` are private copies
-    (float64 / bool, on the CPU); treat them as read-only.
+    Attributes ``transitions``, ``rewards``, ``transition_rewards``, ``initial`` and
+    ``terminal`` are private copies (float64 / bool, on the CPU); treat them as read-only.
     """
 
     transitions: torch.Tensor
     rewards: torch.Tensor
+    transition_rewards: torch.Tensor | None
     initial: torch.Tensor
     horizon: int
     gamma: float
@@ -163,6 +207,7 @@ class TabularMDP:
         name: str = "custom",
         state_names: Sequence[str] | None = None,
         action_names: Sequence[str] | None = None,
+        transition_rewards: Any = None,
     ) -> None:
         tol = PROBABILITY_TOLERANCE
 
@@ -189,18 +234,35 @@ class TabularMDP:
         n_states, n_actions = int(p.shape[0]), int(p.shape[1])
         p = _check_distribution("transitions", p, tol)
 
-        # --- rewards -------------------------------------------------------------------
+        # --- rewards: r(s, a) and, if given, R(s, a, s') -------------------------------
+        sas = (n_states, n_actions, n_states)
         r = _to_float64("rewards", rewards)
-        if tuple(r.shape) == (n_states, n_actions, n_states):
+        big_r: torch.Tensor | None = None
+        big_r_field = "transition_rewards"
+        if tuple(r.shape) == sas:
             _check_finite("rewards", r)
-            r = (p * r).sum(dim=-1)
+            if transition_rewards is not None:
+                raise ValueError(
+                    "rewards has shape [S, A, S] and transition_rewards is given too; give "
+                    "R(s, a, s') once (rewards as [S, A] r(s, a) alongside it, or only one of them)"
+                )
+            big_r, big_r_field = r, "rewards"
+            r = (p * big_r).sum(dim=-1)
         elif tuple(r.shape) == (n_states, n_actions):
             _check_finite("rewards", r)
+            if transition_rewards is not None:
+                big_r = _to_float64("transition_rewards", transition_rewards)
+                if tuple(big_r.shape) != sas:
+                    raise ValueError(
+                        f"transition_rewards has shape {_shape(big_r.shape)}, expected "
+                        f"[S, A, S] = {_shape(sas)} (from transitions)"
+                    )
+                _check_finite("transition_rewards", big_r)
+                # r = E[R] is checked after the terminal states (their error says more)
         else:
             raise ValueError(
                 f"rewards has shape {_shape(r.shape)}, expected [S, A] = "
-                f"{_shape((n_states, n_actions))} or [S, A, S] = "
-                f"{_shape((n_states, n_actions, n_states))} (from transitions)"
+                f"{_shape((n_states, n_actions))} or [S, A, S] = {_shape(sas)} (from transitions)"
             )
 
         # --- initial -------------------------------------------------------------------
@@ -244,6 +306,18 @@ class TabularMDP:
                         f"rewards[{s}, {a}] is {_fmt(reward)} but state {s} is terminal; "
                         "terminal states must give zero reward"
                     )
+                if big_r is not None:
+                    paid = (p[s, a] > 0) & (big_r[s, a] != 0)
+                    if bool(paid.any()):
+                        target = int(torch.nonzero(paid)[0])
+                        raise ValueError(
+                            f"{big_r_field}[{s}, {a}, {target}] is "
+                            f"{_fmt(big_r[s, a, target].item())} but state {s} is terminal; "
+                            "terminal states must give zero reward"
+                        )
+
+        if big_r is not None and big_r_field == "transition_rewards":
+            _check_expected_rewards(r, p, big_r)
 
         # --- names ---------------------------------------------------------------------
         states = self._check_names("state_names", state_names, n_states)
@@ -251,6 +325,7 @@ class TabularMDP:
 
         self.transitions = p
         self.rewards = r
+        self.transition_rewards = big_r
         self.initial = rho
         self.horizon = int(horizon)
         self.gamma = float(gamma)
@@ -293,10 +368,18 @@ class TabularMDP:
         )
 
     def replace(self, **changes: Any) -> TabularMDP:
-        """A validated copy with some constructor arguments changed, e.g. ``horizon=50``."""
+        """A validated copy with some constructor arguments changed, e.g. ``horizon=50``.
+
+        Rewards: new ``rewards`` alone replace the whole reward model (an ``[S, A]`` array
+        drops ``transition_rewards``; an ``[S, A, S]`` one becomes it). New
+        ``transition_rewards`` alone recompute ``r`` from them (``None`` drops them and
+        keeps ``r``). New ``transitions`` with the rewards unchanged recompute ``r`` from
+        the kept ``R(s, a, s')`` if there is one (else ``r`` is kept as it is).
+        """
         fields = {
             "transitions": self.transitions,
             "rewards": self.rewards,
+            "transition_rewards": self.transition_rewards,
             "initial": self.initial,
             "horizon": self.horizon,
             "gamma": self.gamma,
@@ -309,6 +392,15 @@ class TabularMDP:
         if unknown:
             raise ValueError(f"replace() got unknown field(s) {unknown}; known: {sorted(fields)}")
         fields.update(changes)
+        new_r, new_big_r = "rewards" in changes, "transition_rewards" in changes
+        if new_r and not new_big_r:
+            fields["transition_rewards"] = None  # a new reward model
+        elif new_big_r and not new_r:
+            if fields["transition_rewards"] is not None:  # r = sum_s' P R, P possibly new
+                fields["rewards"], fields["transition_rewards"] = fields["transition_rewards"], None
+            # None: drop R and keep r as it is
+        elif not new_r and "transitions" in changes and self.transition_rewards is not None:
+            fields["rewards"], fields["transition_rewards"] = self.transition_rewards, None
         return TabularMDP(**fields)
 
     # --- gymnasium ---------------------------------------------------------------------
@@ -340,6 +432,16 @@ class TabularMDP:
           (FrozenLake lists the same next state twice when a slip hits a wall);
         * ``r(s, a) = sum_outcomes prob * reward`` is the expected reward, including the
           reward of the step that terminates;
+        * ``R(s, a, s')`` (``transition_rewards``), the reward the env pays on the step
+          ``s -> s'``, is the probability-weighted mean reward of the outcomes landing in
+          ``s'`` (after the terminal routing below). It is kept only when it depends on
+          ``s'`` for some ``(s, a)`` (FrozenLake slippery: 1 only when the slip lands on
+          G; CliffWalking slippery); when every outcome of each ``(s, a)`` pays the same
+          (deterministic envs, Taxi) realized and expected rewards coincide and
+          ``transition_rewards`` is ``None``. Outcomes that land in the same ``s'`` with
+          different rewards (slippery CliffWalking: a cliff fall and a wall bump both end
+          on the start state) are merged into their mean, the one thing an ``[S, A, S]``
+          reward cannot keep;
         * ``initial`` is ``env.unwrapped.initial_state_distrib`` (FrozenLake, Taxi and
           CliffWalking all define it; CliffWalking puts all mass on its start state 36).
 
@@ -443,6 +545,23 @@ class TabularMDP:
         np.add.at(transitions, (rows_s_np, rows_a_np, targets), probs_np)
         expected_reward = np.zeros((n_total, n_actions), dtype=np.float64)
         np.add.at(expected_reward, (rows_s_np, rows_a_np), probs_np * rewards_np)
+        # R(s, a, s'): mean reward of the outcomes landing in s' (where P(s'|s,a) > 0)
+        weighted = np.zeros((n_total, n_actions, n_total), dtype=np.float64)
+        np.add.at(weighted, (rows_s_np, rows_a_np, targets), probs_np * rewards_np)
+        reached = transitions > 0
+        transition_rewards = np.zeros_like(weighted)
+        np.divide(weighted, transitions, out=transition_rewards, where=reached)
+        # where all those outcomes pay the same reward, take it exactly (no round-off)
+        lowest = np.full_like(weighted, np.inf)
+        highest = np.full_like(weighted, -np.inf)
+        live_rows = (rows_s_np[live], rows_a_np[live], targets[live])
+        np.minimum.at(lowest, live_rows, rewards_np[live])
+        np.maximum.at(highest, live_rows, rewards_np[live])
+        single = reached & (lowest == highest)
+        transition_rewards[single] = lowest[single]
+        scale = 1.0 + np.abs(transition_rewards).max(axis=-1)
+        spread = np.abs(transition_rewards - expected_reward[..., None])
+        state_dependent = bool((reached & (spread > REWARD_TOLERANCE * scale[..., None])).any())
         terminal = np.zeros(n_total, dtype=bool)
         terminal[:n_states] = terminal_env
         if needs_extra:
@@ -459,6 +578,7 @@ class TabularMDP:
             gamma=gamma,
             terminal=terminal,
             name=name if name is not None else env_name,
+            transition_rewards=transition_rewards if state_dependent else None,
         )
 
     # --- files -------------------------------------------------------------------------
@@ -478,15 +598,21 @@ class TabularMDP:
             rewards:                   # required [S][A] r(s,a), or [S][A][S] R(s,a,s')
               - [1.0, 0.0]
               - [2.0, 0.0]
+            transition_rewards: ...    # optional [S][A][S] R(s,a,s'), with rewards [S][A]
             terminal: [3]              # optional: state indices, or [S] booleans
             states: [start, goal]      # optional [S] state names
             actions: [stay, go]        # optional [A] action names
 
+        Rewards ``[S][A][S]`` are the realized ``R(s, a, s')``: they become
+        ``transition_rewards`` and ``r`` is their expectation. ``transition_rewards`` with
+        ``rewards`` ``[S][A]`` says the same with ``r`` spelled out (it must be the
+        expectation; this is what :meth:`to_file` writes).
+
         NPZ: the same names as arrays (``numpy.savez``): ``transitions`` ``[S, A, S]``,
         ``rewards`` ``[S, A]`` or ``[S, A, S]``, ``initial`` ``[S]``, 0-d ``horizon``
         (int) and ``gamma`` (float), and optionally 0-d string ``name``, ``terminal``
-        (``[S]`` bool or 1-d int indices), ``states`` / ``actions`` (1-d strings). The file
-        is read with ``allow_pickle=False``.
+        (``[S]`` bool or 1-d int indices), ``states`` / ``actions`` (1-d strings),
+        ``transition_rewards`` ``[S, A, S]``. The file is read with ``allow_pickle=False``.
 
         Unknown keys are an error (they are usually typos). A missing required key raises
         ValueError naming the key and the file; the contents are then validated exactly as
@@ -541,12 +667,14 @@ class TabularMDP:
             name=data.get("name", path.stem),
             state_names=data.get("states"),
             action_names=data.get("actions"),
+            transition_rewards=data.get("transition_rewards"),
         )
 
     def to_file(self, path: str | Path) -> None:
         """Write the MDP to ``.yaml``/``.yml`` or ``.npz`` in the format of :meth:`from_file`.
 
-        Rewards are written as the expected ``r(s, a)`` (``[S][A]``), terminal states as a
+        Rewards are written as the expected ``r(s, a)`` (``[S][A]``), plus
+        ``transition_rewards`` ``[S][A][S]`` when the MDP has them; terminal states as a
         list of indices. Floats are written with full precision, so ``from_file`` gives back
         an identical MDP.
         """
@@ -564,6 +692,8 @@ class TabularMDP:
                 "transitions": self.transitions.tolist(),
                 "rewards": self.rewards.tolist(),
             }
+            if self.transition_rewards is not None:
+                data["transition_rewards"] = self.transition_rewards.tolist()
             if terminal_indices:
                 data["terminal"] = terminal_indices
             if self.state_names is not None:
@@ -582,6 +712,8 @@ class TabularMDP:
                 "rewards": self.rewards.numpy(),
                 "terminal": self.terminal.numpy(),
             }
+            if self.transition_rewards is not None:
+                arrays["transition_rewards"] = self.transition_rewards.numpy()
             if self.state_names is not None:
                 arrays["states"] = np.array(self.state_names, dtype=np.str_)
             if self.action_names is not None:

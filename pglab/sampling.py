@@ -4,8 +4,10 @@ A trajectory of a :class:`~pglab.mdp.TabularMDP` under a stationary policy ``pi`
 
     s_0 ~ rho,   a_t ~ pi(. | s_t),   s_{t+1} ~ P(. | s_t, a_t),   t = 0 .. T-1,
 
-with reward ``r_t = r(s_t, a_t)`` (the MDP's expected reward). Steps taken while ``s_t`` is
-terminal are not part of the episode: they carry ``mask = False`` and ``r_t = 0``.
+with the realized reward ``r_t = R(s_t, a_t, s_{t+1})`` when the MDP has
+``transition_rewards``, else ``r_t = r(s_t, a_t)``. Sampled returns thus have the law, and the variance, of the environment's returns, while their mean is
+still ``J`` (``E[R(s, a, s') | s, a] = r(s, a)``). Steps taken while ``s_t`` is terminal
+are not part of the episode: they carry ``mask = False`` and ``r_t = 0``.
 
 How it is drawn (Walker's alias method, Vose's construction). For each state ``s`` the
 action and the next state are drawn *together* from the joint law
@@ -22,7 +24,9 @@ alias table ``(prob_s [M], alias_s [M])`` such that
 One uniform ``u ~ U[0, 1)`` then draws an outcome: column ``j = floor(M u)``, keep ``j``
 if ``M u - j < prob_s[j]``, else take ``alias_s[j]``. Per step that is a few gathers from
 tables of ``2 S M`` entries, whatever ``S`` and ``A`` are, and one float64 uniform. The
-start state is drawn the same way from a one-row alias table of ``rho``.
+start state is drawn the same way from a one-row alias table of ``rho``. Since an outcome
+fixes ``(s, a, s')``, its reward table entry is ``R(s, a, s')`` (or ``r(s, a)``): realized
+rewards cost nothing extra per step.
 
 Randomness and reproducibility. Every trajectory uses exactly ``T + 1`` float64 uniforms
 (53 random bits each, from ``torch.rand``), drawn from the caller's ``torch.Generator``
@@ -79,7 +83,8 @@ class TrajectoryBatch:
         states: ``[N, T]`` int64, ``s_t``.
         actions: ``[N, T]`` int64, ``a_t`` (drawn from ``pi`` also at masked steps; those
             draws are meaningless and carry zero weight everywhere).
-        rewards: ``[N, T]`` float64, ``r(s_t, a_t)``; exactly 0 where ``mask`` is False.
+        rewards: ``[N, T]`` float64, the realized ``R(s_t, a_t, s_{t+1})`` if the MDP has
+            ``transition_rewards``, else ``r(s_t, a_t)``; exactly 0 where ``mask`` is False.
         mask: ``[N, T]`` bool, True where step ``t`` is part of the episode, i.e. ``s_t``
             is not terminal. Terminal states are absorbing, so each row is a run of True
             followed by a run of False.
@@ -231,7 +236,11 @@ class TrajectorySampler:
         next_state = np.tile(successors.reshape(n_states, n_outcomes), (2, 1))
         next_state = np.take_along_axis(next_state, outcome, axis=1)
         live = ~terminal[state]
-        reward = np.where(live, mdp.rewards.numpy()[state, action], 0.0)
+        if mdp.transition_rewards is None:
+            paid = mdp.rewards.numpy()[state, action]  # r(s, a)
+        else:
+            paid = mdp.transition_rewards.numpy()[state, action, next_state]  # R(s, a, s')
+        reward = np.where(live, paid, 0.0)
         self._action = torch.from_numpy(action.reshape(-1).astype(np.int64))
         self._next_state = torch.from_numpy(next_state.reshape(-1).astype(np.int64))
         self._reward = torch.from_numpy(reward.reshape(-1))
@@ -332,7 +341,8 @@ class TrajectorySampler:
             j.add_(keep, alpha=table_offset)
             torch.index_select(self._action, 0, j, out=actions[t])
             torch.index_select(self._next_state, 0, j, out=states[t + 1])
-            torch.index_select(self._reward, 0, j, out=rewards[t])  # r(s_t, a_t), 0 if terminal
+            # R(s_t, a_t, s_{t+1}) (or r(s_t, a_t)), 0 if terminal
+            torch.index_select(self._reward, 0, j, out=rewards[t])
 
         mask = work.take("mask", horizon, n)
         torch.index_select(self._live, 0, states[:horizon].reshape(-1), out=mask.view(-1))

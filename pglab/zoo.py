@@ -155,7 +155,10 @@ def chain(
                                                          else 0
     ==================  ===============================  ==================================
 
-    so ``r(s, a) = (1 - slip) R(s, a) + slip R(s, other action)``.
+    so ``r(s, a) = (1 - slip) R(s, a) + slip R(s, other action)``. The next state tells
+    which action was executed (left lands in 0, right never does), so a sampled step is
+    paid the executed action's reward, ``R(s, a, s') = R(s, executed(s, s'))``
+    (``transition_rewards``), and ``r(s, a)`` is its expectation.
 
     Why: the myopic best action in every state but the last is ``left`` (``small_reward``
     now), while the optimal policy walks right for ``n_states - 1`` unrewarded steps to
@@ -183,6 +186,10 @@ def chain(
     swapped_pay = pay[:, ::-1]
     transitions = (1.0 - slip) * move + slip * swapped_move
     rewards = (1.0 - slip) * pay + slip * swapped_pay
+    # R(s, a, s') = pay[s, e] for the executed e with move[s, e, s'] = 1 (the two moves of
+    # a state land in different states), whatever the chosen a
+    paid_on_landing = (move * pay[:, :, None]).sum(axis=1)  # [S, S']
+    transition_rewards = np.broadcast_to(paid_on_landing[:, None, :], move.shape).copy()
     initial = np.zeros(n_states)
     initial[0] = 1.0
     return TabularMDP(
@@ -193,6 +200,7 @@ def chain(
         gamma=gamma,
         name="chain",
         action_names=("left", "right"),
+        transition_rewards=transition_rewards,
     )
 
 

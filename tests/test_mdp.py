@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pglab import zoo
-from pglab.mdp import PROBABILITY_TOLERANCE, TabularMDP
+from pglab.mdp import PROBABILITY_TOLERANCE, REWARD_TOLERANCE, TabularMDP
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "mdps"
@@ -83,6 +83,66 @@ def test_rewards_per_transition_are_reduced_to_expectations():
     expected = (arrays["transitions"] * full).sum(axis=-1)
     assert torch.equal(mdp.rewards, torch.from_numpy(expected))
     assert mdp.rewards[0, 0].item() == 0.5 * 2.0 + 0.5 * 4.0
+    # ... and R(s, a, s') itself is kept (as given, unreachable entries included) for the
+    # samplers, which pay realized rewards
+    assert torch.equal(mdp.transition_rewards, torch.from_numpy(full))
+
+
+# --------------------------------------------------------------------------------------
+# Realized rewards R(s, a, s') (transition_rewards)
+# --------------------------------------------------------------------------------------
+def small_transition_rewards() -> np.ndarray:
+    """R(s, a, s') for small_arrays() whose expectation is small_arrays()["rewards"]."""
+    full = np.zeros((3, 2, 3))
+    full[0, 0] = [0.0, 2.0, 55.0]  # 0.5 * 0 + 0.5 * 2 = 1; the 55 is unreachable
+    full[0, 1] = [0.0, 5.0, -2.5]  # 0.2 * 5 - 0.8 * 2.5 = -1
+    full[1, 0] = [0.5, 0.0, 0.0]
+    full[1, 1] = [0.0, 0.0, 2.0]
+    return full
+
+
+def test_transition_rewards_are_kept_and_rewards_stay_as_given():
+    full = small_transition_rewards()
+    mdp = TabularMDP(**small_arrays(), transition_rewards=full)
+    assert mdp.transition_rewards.dtype == torch.float64
+    assert torch.equal(mdp.transition_rewards, torch.from_numpy(full))
+    assert torch.equal(mdp.rewards, torch.from_numpy(small_arrays()["rewards"]))
+    full[0, 0, 1] = 99.0  # a private copy: the caller's array does not leak in
+    assert mdp.transition_rewards[0, 0, 1].item() == 2.0
+    # without them (the default), there is nothing extra
+    assert TabularMDP(**small_arrays()).transition_rewards is None
+
+
+def test_transition_rewards_may_miss_the_expectation_only_by_round_off():
+    full = small_transition_rewards()
+    nudged = small_arrays()["rewards"].copy()
+    nudged[0, 1] += 0.5 * REWARD_TOLERANCE  # scale 1 + max|R| = 6: well within tolerance
+    mdp = TabularMDP(**with_changes(rewards=nudged), transition_rewards=full)
+    assert torch.equal(mdp.rewards, torch.from_numpy(nudged))
+    assert REWARD_TOLERANCE == 1e-9
+
+
+def test_replace_keeps_or_recomputes_the_reward_model():
+    full = small_transition_rewards()
+    mdp = TabularMDP(**small_arrays(), transition_rewards=full)
+    longer = mdp.replace(horizon=10)  # unchanged rewards: both kept bit for bit
+    assert torch.equal(longer.transition_rewards, mdp.transition_rewards)
+    assert torch.equal(longer.rewards, mdp.rewards)
+    # new transitions: r recomputed from the kept R under the new P
+    transitions = small_arrays()["transitions"].copy()
+    transitions[0, 0] = [0.25, 0.75, 0.0]
+    moved = mdp.replace(transitions=transitions)
+    assert torch.equal(moved.transition_rewards, mdp.transition_rewards)
+    assert moved.rewards[0, 0].item() == 0.75 * 2.0
+    # new [S, A] rewards replace the whole reward model; new R alone recomputes r
+    plain = mdp.replace(rewards=np.ones((3, 2)) * [[1], [1], [0]])
+    assert plain.transition_rewards is None and plain.rewards[0, 1].item() == 1.0
+    doubled = mdp.replace(transition_rewards=2 * full)
+    assert torch.equal(doubled.rewards, 2 * mdp.rewards)
+    dropped = mdp.replace(transition_rewards=None)
+    assert dropped.transition_rewards is None and torch.equal(dropped.rewards, mdp.rewards)
+    with pytest.raises(ValueError, match=re.escape("rewards[0, 0] is 1 but sum_s'")):
+        mdp.replace(rewards=small_arrays()["rewards"], transition_rewards=2 * full)
 
 
 def test_tiny_negative_probabilities_are_clipped_to_zero():
@@ -121,6 +181,12 @@ def _negative_probability():
     transitions = small_arrays()["transitions"].copy()
     transitions[0, 1] = [-0.1, 0.3, 0.8]
     return transitions
+
+
+def _with_transition_reward(index, value):
+    full = small_transition_rewards()
+    full[index] = value
+    return full
 
 
 def _with_value(field, index, value):
@@ -210,6 +276,44 @@ INVALID = {
     "terminal not boolean": (
         {"terminal": np.array([0, 0, 1])},
         "terminal must be a boolean mask of shape",
+    ),
+    "transition rewards wrong shape": (
+        {"transition_rewards": np.zeros((3, 2))},
+        re.escape("transition_rewards has shape [3, 2], expected [S, A, S] = [3, 2, 3]"),
+    ),
+    "transition rewards nan": (
+        {"transition_rewards": _with_transition_reward((1, 1, 0), np.nan)},
+        re.escape("transition_rewards[1, 1, 0] is nan; all entries must be finite"),
+    ),
+    "transition rewards infinite": (
+        {"transition_rewards": _with_transition_reward((0, 1, 2), -np.inf)},
+        re.escape("transition_rewards[0, 1, 2] is -inf; all entries must be finite"),
+    ),
+    "transition rewards not numeric": (
+        {"transition_rewards": "lots"},
+        "transition_rewards must be a numeric array",
+    ),
+    "rewards not the expectation of transition rewards": (
+        {"transition_rewards": _with_transition_reward((0, 1, 1), 6.0)},
+        re.escape(
+            "rewards[0, 1] is -1 but sum_s' transitions[0, 1, s'] * transition_rewards[0, 1, s'] "
+            "is -0.8; rewards must be the expectation of transition_rewards"
+        ),
+    ),
+    "transition rewards given twice": (
+        {"rewards": np.zeros((3, 2, 3)), "transition_rewards": np.zeros((3, 2, 3))},
+        re.escape("rewards has shape [S, A, S] and transition_rewards is given too"),
+    ),
+    "terminal with transition reward": (
+        {"transition_rewards": _with_transition_reward((2, 0, 2), 3.0)},
+        re.escape(
+            "transition_rewards[2, 0, 2] is 3 but state 2 is terminal; "
+            "terminal states must give zero reward"
+        ),
+    ),
+    "terminal with per-transition reward": (
+        {"rewards": _with_transition_reward((2, 1, 2), -1.0)},
+        re.escape("rewards[2, 1] is -1 but state 2 is terminal"),
     ),
     "name not a string": ({"name": 3}, "name must be a str, got 3"),
     "state names wrong length": (
@@ -324,6 +428,10 @@ def test_from_gymnasium_rejects_env_without_tabular_model():
 def assert_same_mdp(a: TabularMDP, b: TabularMDP) -> None:
     assert torch.equal(a.transitions, b.transitions)
     assert torch.equal(a.rewards, b.rewards)
+    if a.transition_rewards is None or b.transition_rewards is None:
+        assert a.transition_rewards is None and b.transition_rewards is None
+    else:
+        assert torch.equal(a.transition_rewards, b.transition_rewards)
     assert torch.equal(a.initial, b.initial)
     assert torch.equal(a.terminal, b.terminal)
     assert (a.horizon, a.gamma, a.name) == (b.horizon, b.gamma, b.name)
@@ -334,10 +442,48 @@ def assert_same_mdp(a: TabularMDP, b: TabularMDP) -> None:
 def test_file_round_trip_is_exact(tmp_path, suffix):
     mdp = TabularMDP(**small_arrays(), state_names=["a", "b", "end"], action_names=["x", "y"])
     garnet = zoo.garnet(n_states=6, n_actions=3, branching=2, seed=4, horizon=9, gamma=0.95)
-    for original in (mdp, garnet, zoo.gridworld()):
+    realized = TabularMDP(**small_arrays(), transition_rewards=small_transition_rewards())
+    for original in (mdp, garnet, zoo.gridworld(), realized, zoo.frozenlake(), zoo.chain()):
         path = tmp_path / f"mdp{suffix}"
         original.to_file(path)
         assert_same_mdp(TabularMDP.from_file(path), original)
+
+
+def test_files_without_transition_rewards_are_written_as_before(tmp_path):
+    import yaml
+
+    TabularMDP(**small_arrays()).to_file(tmp_path / "plain.yaml")
+    data = yaml.safe_load((tmp_path / "plain.yaml").read_text())
+    assert "transition_rewards" not in data
+    TabularMDP(**small_arrays()).to_file(tmp_path / "plain.npz")
+    with np.load(tmp_path / "plain.npz") as archive:
+        assert "transition_rewards" not in archive.files
+    realized = TabularMDP(**small_arrays(), transition_rewards=small_transition_rewards())
+    realized.to_file(tmp_path / "realized.yaml")
+    data = yaml.safe_load((tmp_path / "realized.yaml").read_text())
+    assert data["rewards"] == small_arrays()["rewards"].tolist()  # r(s, a), readable
+    assert data["transition_rewards"] == small_transition_rewards().tolist()
+
+
+def test_yaml_transition_rewards_key_is_validated(tmp_path):
+    import yaml
+
+    data = {
+        "horizon": 4,
+        "initial": [0.7, 0.3, 0.0],
+        "transitions": small_arrays()["transitions"].tolist(),
+        "rewards": small_arrays()["rewards"].tolist(),
+        "terminal": [2],
+        "transition_rewards": small_transition_rewards().tolist(),
+    }
+    path = tmp_path / "realized.yaml"
+    path.write_text(yaml.safe_dump(data))
+    mdp = TabularMDP.from_file(path)
+    assert torch.equal(mdp.transition_rewards, torch.from_numpy(small_transition_rewards()))
+    data["transition_rewards"][0][1][1] = 6.0
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match=re.escape("rewards[0, 1] is -1 but sum_s'")):
+        TabularMDP.from_file(path)
 
 
 def test_example_files_load(tmp_path):
@@ -347,6 +493,8 @@ def test_example_files_load(tmp_path):
     assert corridor.terminal.tolist() == [False, False, False, True]
     # R(2, forward, goal) = 1 reached w.p. 0.9: r(2, forward) = 0.9.
     assert corridor.rewards[2, 1].item() == 0.9
+    # R(s, a, s') given as `rewards: [S][A][S]` is kept: samples pay 1 or 0, not 0.9
+    assert corridor.transition_rewards[2, 1].tolist() == [0.0, 0.0, 0.0, 1.0]
 
 
 def test_yaml_terminal_as_booleans_and_defaults(tmp_path):

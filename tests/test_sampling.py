@@ -136,9 +136,25 @@ def test_terminal_steps_are_masked_and_absorbing():
     assert torch.all(batch.mask[:, 1:] <= batch.mask[:, :-1])
     stays = terminal[:, :-1]
     assert torch.equal(batch.states[:, 1:][stays], batch.states[:, :-1][stays])
-    # rewards are r(s_t, a_t) on real steps
-    expected = mdp.rewards[batch.states, batch.actions]
-    assert torch.equal(batch.rewards[batch.mask], expected[batch.mask])
+    # rewards are the realized R(s_t, a_t, s_{t+1}) on real steps (gridworld pays on
+    # entering a cell, so it has transition_rewards; before issue 8 this was r(s_t, a_t))
+    assert mdp.transition_rewards is not None
+    s, a, mask = batch.states, batch.actions, batch.mask
+    realized = mdp.transition_rewards[s[:, :-1], a[:, :-1], s[:, 1:]]
+    assert torch.equal(batch.rewards[:, :-1][mask[:, :-1]], realized[mask[:, :-1]])
+    # the last step's s_T is not in the batch: its reward is R(s, a, s') of a reachable s'
+    last = mask[:, -1]
+    reachable = mdp.transitions[s[last, -1], a[last, -1]] > 0  # [n_last, S]
+    paid = mdp.transition_rewards[s[last, -1], a[last, -1]] == batch.rewards[last, -1, None]
+    assert bool((reachable & paid).any(dim=1).all())
+
+
+def test_rewards_without_transition_rewards_are_expected_rewards():
+    mdp = MDPS["garnet"]()
+    assert mdp.transition_rewards is None
+    policy = softmax_policy(torch.zeros(mdp.n_states, mdp.n_actions, dtype=torch.float64))
+    batch = sample_trajectories(mdp, policy, 2000, torch.Generator().manual_seed(0))
+    assert torch.equal(batch.rewards, mdp.rewards[batch.states, batch.actions])
 
 
 def test_shapes_and_dtypes():

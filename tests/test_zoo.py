@@ -111,6 +111,20 @@ def test_chain_follows_its_specification():
     assert exact.optimal_return(zoo.chain(n_states=4, slip=0.0, horizon=6)) == 30.0
 
 
+def test_chain_pays_the_executed_actions_reward_on_each_step():
+    """R(s, a, s') follows the executed action, which the landing state s' reveals."""
+    mdp = zoo.chain(n_states=4, slip=0.2, small_reward=2.0, big_reward=10.0, horizon=6)
+    left, right = 0, 1
+    realized = mdp.transition_rewards
+    for chosen in (left, right):
+        assert realized[1, chosen, 0].item() == 2.0  # landed in 0: left was executed
+        assert realized[1, chosen, 2].item() == 0.0  # landed in 2: right was executed
+        assert realized[3, chosen, 3].item() == 10.0  # stayed at the end: right
+        assert realized[3, chosen, 0].item() == 2.0
+    # the expectation is the documented r(s, a), bit for bit
+    assert torch.equal((mdp.transitions * realized).sum(-1), mdp.rewards)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
