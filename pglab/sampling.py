@@ -5,8 +5,9 @@ A trajectory of a :class:`~pglab.mdp.TabularMDP` under a stationary policy ``pi`
     s_0 ~ rho,   a_t ~ pi(. | s_t),   s_{t+1} ~ P(. | s_t, a_t),   t = 0 .. T-1,
 
 with the realized reward ``r_t = R(s_t, a_t, s_{t+1})`` when the MDP has
-``transition_rewards``, else ``r_t = r(s_t, a_t)``. Sampled returns thus have the law, and the variance, of the environment's returns, while their mean is
-still ``J`` (``E[R(s, a, s') | s, a] = r(s, a)``). Steps taken while ``s_t`` is terminal
+``transition_rewards``, else ``r_t = r(s_t, a_t)``. Sampled returns thus have the law,
+and the variance, of the environment's returns, while their mean is still ``J``
+(``E[R(s, a, s') | s, a] = r(s, a)``). Steps taken while ``s_t`` is terminal
 are not part of the episode: they carry ``mask = False`` and ``r_t = 0``.
 
 How it is drawn (Walker's alias method, Vose's construction). For each state ``s`` the
