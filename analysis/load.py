@@ -48,6 +48,7 @@ NON_SEMANTIC_PREFIXES = ("paths", "logger", "sweep_name", "progress", "resume", 
 # (experiment, parquet stem) -> attribute of Results
 TABLES: dict[tuple[str, str], str] = {
     ("estimator_variance", "results"): "estimator",
+    ("calibration", "calibration"): "calibration",
     ("cartpole", "history"): "cartpole_history",
     ("cartpole", "summary"): "cartpole_summary",
     ("cartpole", "gradient_quality"): "gradient_quality",
@@ -58,6 +59,7 @@ TABLES: dict[tuple[str, str], str] = {
 # Identity columns per table, in sort order (those absent from a table are ignored).
 SORT_KEYS: dict[str, tuple[str, ...]] = {
     "estimator": ("mdp", "estimator", "n_trajectories", "seed"),
+    "calibration": ("mdp", "estimator", "n_trajectories", "seed", "study"),
     "cartpole_history": (
         "env_id",
         "estimator",
@@ -110,6 +112,8 @@ class Results:
 
     Attributes:
         estimator: estimator study, one row per (job, estimator, N) (``results.parquet``).
+        calibration: verdict calibration, one row per (job, estimator, N, study)
+            (``calibration.parquet``).
         cartpole_history, cartpole_summary, gradient_quality: CartPole tables.
         ascent_history, ascent_summary: tabular ascent tables.
         other: tables of experiments or stems this loader does not know,
@@ -121,6 +125,7 @@ class Results:
     """
 
     estimator: pd.DataFrame = field(default_factory=pd.DataFrame)
+    calibration: pd.DataFrame = field(default_factory=pd.DataFrame)
     cartpole_history: pd.DataFrame = field(default_factory=pd.DataFrame)
     cartpole_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
     gradient_quality: pd.DataFrame = field(default_factory=pd.DataFrame)

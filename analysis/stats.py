@@ -278,12 +278,13 @@ def loglog_slope(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
 def unbiasedness_verdicts(estimator: pd.DataFrame, level: float = 0.05) -> pd.DataFrame:
     """The estimator table's unbiasedness tests with a verdict at ``level``.
 
-    Each row's ``p_value`` is the app's Bonferroni-corrected test of H0: E[ĝ_N] = ∇J
-    over all gradient coordinates (``max_abs_z`` the largest |z|). Returns ``mdp``,
-    ``estimator``, ``n_trajectories``, ``seed``, ``max_abs_z``, ``p_value``, ``verdict``:
-    "reject unbiased" when ``p_value < level``, "untested (no coordinate testable)" when it
-    is NaN, else "consistent with unbiased", with " (on the tested coordinates)" appended
-    when some coordinates were untestable (see ``pglab.stats``: too few informative batches).
+    Each row's ``p_value`` is the app's bootstrap-t test of H0: E[ĝ_N] = ∇J on the
+    studentised squared norm ``test_statistic`` = K‖ē − ∇J‖²/tr Cov (``pglab.stats``),
+    NaN when the K batches hold fewer than ``MIN_EFFECTIVE_BATCHES`` effective batches
+    (``effective_batches``). Returns ``mdp``, ``estimator``, ``n_trajectories``, ``seed``,
+    ``effective_batches``, ``test_statistic``, ``p_value``, ``verdict``: "reject unbiased"
+    when ``p_value < level``, "insufficient data" when it is NaN, else "consistent with
+    unbiased".
     """
     columns = [
         c
@@ -292,10 +293,9 @@ def unbiasedness_verdicts(estimator: pd.DataFrame, level: float = 0.05) -> pd.Da
             "estimator",
             "n_trajectories",
             "seed",
-            "max_abs_z",
+            "effective_batches",
+            "test_statistic",
             "p_value",
-            "n_tested_coordinates",
-            "n_untestable_coordinates",
         )
         if c in estimator.columns
     ]
@@ -303,10 +303,66 @@ def unbiasedness_verdicts(estimator: pd.DataFrame, level: float = 0.05) -> pd.Da
     p = table["p_value"].to_numpy(dtype=float)
     table["verdict"] = np.select(
         [np.isnan(p), p < level],
-        ["untested (no coordinate testable)", "reject unbiased"],
+        ["insufficient data", "reject unbiased"],
         default="consistent with unbiased",
     )
-    if "n_untestable_coordinates" in table:
-        partial = (table["n_untestable_coordinates"] > 0) & ~np.isnan(p) & (p >= level)
-        table.loc[partial, "verdict"] += " (on the tested coordinates)"
     return table.reset_index(drop=True)
+
+
+def binomial_rate(successes: int, trials: int) -> dict[str, float]:
+    """A rate, its Monte-Carlo standard error ``sqrt(p (1 - p) / n)`` and 95% Clopper–Pearson CI."""
+    if trials == 0:
+        return {"rate": np.nan, "se": np.nan, "ci_low": np.nan, "ci_high": np.nan}
+    rate = successes / trials
+    interval = scipy_stats.binomtest(successes, trials).proportion_ci(0.95, method="exact")
+    return {
+        "rate": rate,
+        "se": float(np.sqrt(rate * (1 - rate) / trials)),
+        "ci_low": float(interval.low),
+        "ci_high": float(interval.high),
+    }
+
+
+def calibration_rates(calibration: pd.DataFrame, level: float = 0.05) -> pd.DataFrame:
+    """Error rates of the verdicts per (mdp, estimator, N) from the calibration study's rows.
+
+    Args:
+        calibration: one row per (mdp, estimator, N, study): ``p_value``,
+            ``relative_bias_ci_low/high``, ``known_relative_bias`` (NaN where theory does
+            not give it), as written by ``experiments/calibration.py``.
+        level: the test's level.
+    Returns:
+        One row per cell: ``n_studies``; ``decided`` (fraction with a verdict, i.e. not
+        "insufficient data"); ``kind`` ("size" when the estimator is unbiased there,
+        "power" when it is biased, "" when theory does not say); ``reject_rate`` over
+        all studies ("insufficient data" makes no claim and counts as not rejecting, as
+        for any test that may abstain) with its Monte-Carlo ``reject_se`` and
+        Clopper–Pearson ``reject_ci_low/high``; ``coverage`` of ``known_relative_bias`` by
+        the interval over the studies that report one (decided), with ``coverage_se``
+        (NaN where the truth is unknown).
+    """
+    rows = []
+    keys = ["mdp", "estimator", "n_trajectories"]
+    for key, cell in calibration.groupby(keys, sort=True):
+        row = dict(zip(keys, key, strict=True))
+        truth = cell["known_relative_bias"].iloc[0]
+        decided = cell[cell["p_value"].notna()]
+        row["n_studies"] = len(cell)
+        row["decided"] = len(decided) / len(cell)
+        row["known_relative_bias"] = truth
+        row["kind"] = "" if np.isnan(truth) else ("size" if truth == 0 else "power")
+        # 'insufficient data' makes no claim: it counts as not rejecting
+        reject = binomial_rate(int((decided["p_value"] < level).sum()), len(cell))
+        row.update({f"reject_{k}" if k != "rate" else "reject_rate": v for k, v in reject.items()})
+        if np.isnan(truth) or decided.empty:
+            row["coverage"], row["coverage_se"] = np.nan, np.nan
+        else:
+            # a relative tolerance of 1e-9 absorbs float round-off at a zero-width interval
+            slack = 1e-9 * max(truth, 1e-300)
+            inside = (decided["relative_bias_ci_low"] <= truth + slack) & (
+                truth - slack <= decided["relative_bias_ci_high"]
+            )
+            cover = binomial_rate(int(inside.sum()), len(decided))
+            row["coverage"], row["coverage_se"] = cover["rate"], cover["se"]
+        rows.append(row)
+    return pd.DataFrame(rows)

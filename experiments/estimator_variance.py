@@ -24,16 +24,13 @@ from omegaconf import DictConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
 
 from experiments.common.job import JobContext, JobOutput, run_job  # noqa: E402
-from experiments.common.tabular import build_logits, build_mdp  # noqa: E402
-from experiments.validate import as_list, positive_int, positive_int_list  # noqa: E402
+from experiments.common.tabular import (  # noqa: E402
+    build_logits,
+    build_mdp,
+    selected_estimators,
+)
+from experiments.validate import positive_int, positive_int_list  # noqa: E402
 from pglab import estimators, exact, stats  # noqa: E402
-
-
-def selected_estimators(value) -> list[str]:
-    names = list(estimators.ESTIMATORS) if value == "all" else as_list(value)
-    for name in names:
-        estimators.check_estimator(name)
-    return names
 
 
 def study(ctx: JobContext) -> JobOutput:
@@ -64,6 +61,7 @@ def study(ctx: JobContext) -> JobOutput:
                     true_gradient,
                     confidence=float(cfg.confidence),
                     seed=seed,
+                    constant=estimators.is_constant(name, n),
                 )
                 rows.append({"mdp": mdp.name, "estimator": name, "n_trajectories": n, **metrics})
                 logged.update(
@@ -76,6 +74,8 @@ def study(ctx: JobContext) -> JobOutput:
                             "cosine_mean",
                             "snr",
                             "p_value",
+                            "relative_bias_ci_low",
+                            "relative_bias_ci_high",
                         )
                     }
                 )

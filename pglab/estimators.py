@@ -91,6 +91,8 @@ __all__ = [
     "batch_estimates",
     "check_estimator",
     "discounted_returns",
+    "is_constant",
+    "known_relative_bias",
     "return_weights",
     "rewards_to_go",
     "sample_gradients",
@@ -160,6 +162,39 @@ def _check_rewards_mask(rewards: Any, mask: Any) -> tuple[Tensor, Tensor]:
             f"mask has shape {list(m.shape)}, expected the rewards' shape {list(r.shape)}"
         )
     return r, m if m.dtype == torch.bool else m != 0
+
+
+def is_constant(estimator: str, n_trajectories: int) -> bool:
+    """Whether ``ghat_N`` of ``estimator`` is a constant (not random) at batch size ``N``.
+
+    True only for ``baseline_batch_mean`` and ``normalized`` at ``N = 1``: the one return
+    minus the batch mean is exactly 0, so the estimate is identically 0 (a 100% bias when
+    ``grad J != 0``). :func:`pglab.stats.gradient_estimate_metrics` then takes the ``K``
+    equal values as the mean itself.
+    """
+    check_estimator(estimator)
+    return n_trajectories == 1 and estimator in ("baseline_batch_mean", "normalized")
+
+
+def known_relative_bias(estimator: str, n_trajectories: int, gamma: float) -> float:
+    """``||E ghat_N - grad J|| / ||grad J||`` where theory gives it, else NaN.
+
+    0 for the unbiased estimators (and ``reward_to_go_dropped_discount`` when
+    ``gamma = 1``, where it equals ``reward_to_go``); exactly ``1/N`` for
+    ``baseline_batch_mean`` (``E ghat_N = (1 - 1/N) grad J``, the module docstring); 1 for
+    ``normalized`` at ``N = 1`` (identically 0). The calibration study measures the bias
+    intervals' coverage against these values.
+    """
+    check_estimator(estimator)
+    if estimator in UNBIASED_ESTIMATORS or (
+        estimator == "reward_to_go_dropped_discount" and gamma == 1.0
+    ):
+        return 0.0
+    if estimator == "baseline_batch_mean":
+        return 1.0 / n_trajectories
+    if estimator == "normalized" and n_trajectories == 1:
+        return 1.0
+    return math.nan
 
 
 # ---------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.validate import choice
-from pglab import tabular_policy, zoo
+from experiments.validate import as_list, choice
+from pglab import estimators, tabular_policy, zoo
 from pglab.mdp import TabularMDP
 
 POLICY_KINDS = ("random", "uniform", "near_deterministic")
@@ -29,3 +29,11 @@ def build_logits(policy_cfg: DictConfig, mdp: TabularMDP) -> torch.Tensor:
         scale=float(policy_cfg.scale),
         seed=int(policy_cfg.seed),
     )
+
+
+def selected_estimators(value) -> list[str]:
+    """``estimator`` config value (``all``, a name or a list) → validated estimator names."""
+    names = list(estimators.ESTIMATORS) if value == "all" else as_list(value)
+    for name in names:
+        estimators.check_estimator(name)
+    return names

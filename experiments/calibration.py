@@ -1,0 +1,103 @@
+"""Verdict calibration: how often the estimator study's verdicts are wrong, measured.
+
+The estimator study (``experiments/estimator_variance.py``) gives, per (MDP, estimator,
+N), a p-value for H0: E ĝ_N = ∇J and a confidence interval of the relative bias
+‖E ĝ_N − ∇J‖/‖∇J‖ (``pglab.stats.gradient_estimate_metrics``). Both rest on
+approximations (a bootstrap-t calibration, an effective-sample-size gate), so this app
+re-runs the same study cell ``n_studies`` times with independent seeds, at the study's own
+defaults (K batches, bootstrap resamples, confidence), and stores every verdict. Where
+theory gives the truth (``pglab.estimators.known_relative_bias``: 0 for unbiased
+estimators, exactly 1/N for ``baseline_batch_mean``), the report turns the rows into
+
+* the test's **size**: how often an unbiased estimator is rejected (should be ≤ the level);
+* its **power**: how often a biased estimator is rejected;
+* the interval's **coverage** of the true relative bias (should be ≈ the confidence);
+* how often the data could not decide ("insufficient data"),
+
+each with its Monte-Carlo standard error. The flagship calibration sweeps every zoo MDP:
+
+    python experiments/calibration.py -m experiment=calibration hydra/launcher=joblib
+
+Writes ``<run_dir>/calibration.parquet``: one row per (estimator, N, study).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
+
+from experiments.common.job import JobContext, JobOutput, run_job  # noqa: E402
+from experiments.common.tabular import (  # noqa: E402
+    build_logits,
+    build_mdp,
+    selected_estimators,
+)
+from experiments.validate import positive_int, positive_int_list  # noqa: E402
+from pglab import calibration, exact  # noqa: E402
+
+
+def calibrate(ctx: JobContext) -> JobOutput:
+    cfg = ctx.cfg
+    names = selected_estimators(cfg.estimator)
+    batch_sizes = sorted(positive_int_list("n_trajectories", cfg.n_trajectories))
+    n_repetitions = positive_int("n_repetitions", cfg.n_repetitions)
+    if n_repetitions < 2:
+        raise ValueError(f"n_repetitions must be >= 2 to estimate a variance, got {n_repetitions}")
+    n_studies = positive_int("n_studies", cfg.n_studies)
+    n_resamples = positive_int("n_resamples", cfg.n_resamples)
+    seed = int(cfg.seed)
+    mdp = build_mdp(cfg.mdp)
+    logits = build_logits(cfg.policy, mdp)
+    true_gradient = exact.solve(mdp, logits).gradient.flatten()
+
+    rows = []
+    with ctx.progress(len(batch_sizes) * n_studies, f"{mdp.name}: calibration") as bar:
+        for n in batch_sizes:
+            for study in range(n_studies):
+                rows.extend(
+                    {"mdp": mdp.name, **row}
+                    for row in calibration.study_verdicts(
+                        mdp,
+                        logits,
+                        true_gradient,
+                        n,
+                        study,
+                        names,
+                        n_repetitions=n_repetitions,
+                        seed=seed,
+                        confidence=float(cfg.confidence),
+                        n_resamples=n_resamples,
+                    )
+                )
+                bar.update(1, postfix=f"N={n}")
+
+    table = pd.DataFrame(rows)
+    table["seed"] = seed
+    table["gamma"] = mdp.gamma
+    table["n_repetitions"] = n_repetitions
+    table["confidence"] = float(cfg.confidence)
+    level = 1.0 - float(cfg.confidence)
+    unbiased = table[table["known_relative_bias"] == 0.0]
+    decided = unbiased[unbiased["p_value"].notna()]
+    summary = {
+        "n_rows": len(table),
+        "size_overall": float((decided["p_value"] < level).mean()) if len(decided) else np.nan,
+        "decided_fraction": float(table["p_value"].notna().mean()),
+    }
+    return JobOutput(tables={"calibration": table}, summary=summary)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="calibration")
+def main(cfg: DictConfig) -> str:
+    return run_job(cfg, "calibration", calibrate)
+
+
+if __name__ == "__main__":
+    main()
