@@ -1,7 +1,8 @@
 """REINFORCE on CartPole (or any discrete-action gymnasium env) with step-size-collapse detection.
 
 One job = one (N, α, seed): train with θ ← θ + α ĝ_N for the budget, record per-iteration
-metrics, detect collapse, and optionally measure gradient quality at checkpoints.
+metrics, detect collapse (``collapsed`` in the summary = stuck at the END of the budget, see
+pglab/collapse.py), and optionally measure gradient quality at checkpoints.
 
     python experiments/cartpole.py n_trajectories=10 step_size=0.01
     python experiments/cartpole.py -m n_trajectories=1,10,100 step_size=0.001,0.01,0.1
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from experiments.common.job import JobContext, JobOutput, run_job  # noqa: E402
 from experiments.validate import positive_int  # noqa: E402
 from pglab import gradient_quality, policies, rollouts  # noqa: E402
-from pglab.collapse import CollapseConfig, CollapseDetector, scale_to_batch_size  # noqa: E402
+from pglab.collapse import CollapseConfig, CollapseDetector  # noqa: E402
 from pglab.training import TrainConfig, train  # noqa: E402
 
 
@@ -102,11 +103,7 @@ def experiment(ctx: JobContext) -> JobOutput:
     cfg = ctx.cfg
     config = train_config(cfg)
     config.validate()  # N, α, estimator, optimizer, budget: fail before any work
-    collapse = dict(OmegaConf.to_container(cfg.collapse))
-    scale = collapse.pop("scale_with_batch_size")
-    collapse_config = CollapseConfig(**collapse)
-    if scale:
-        collapse_config = scale_to_batch_size(collapse_config, config.n_trajectories)
+    collapse_config = CollapseConfig(**OmegaConf.to_container(cfg.collapse))
     detector = CollapseDetector(collapse_config)
     checkpoints: set[int] = set()
     if cfg.gradient_quality.enabled:
@@ -165,8 +162,8 @@ def experiment(ctx: JobContext) -> JobOutput:
         **ident,
         **result.summary(),
         "status": result.status,
-        "collapse_return_window": collapse_config.effective_return_window,
-        "collapse_peak_smoothing": collapse_config.peak_smoothing,
+        "collapse_window_episodes": collapse_config.window_episodes,
+        "collapse_window_iterations": collapse_config.window_iterations(config.n_trajectories),
     }
     tables = {"history": history, "summary": pd.DataFrame([summary])}
     if quality_rows:

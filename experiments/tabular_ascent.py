@@ -4,6 +4,10 @@
     python experiments/tabular_ascent.py -m gradient=exact,reinforce step_size=0.1,1,10,100
 
 Writes ``history.parquet`` (per iteration), ``summary.parquet`` and ``metadata.json``.
+``suboptimality`` is measured against the non-stationary optimum J* (an upper bound a
+stationary policy may not reach), ``suboptimality_stationary`` against the best stationary
+return; ``collapsed`` means stuck at the end of the run (thresholds relative to the best
+stationary return, ``pglab.ascent.tabular_collapse_config``).
 """
 
 from __future__ import annotations
@@ -66,7 +70,15 @@ def experiment(ctx: JobContext) -> JobOutput:
         "seed": int(cfg.seed),
     }
     history = pd.DataFrame(result.history).assign(**ident)
-    summary = {**ident, **result.summary(), "status": result.status}
+    last = result.history[-1]
+    summary = {
+        **ident,
+        **result.summary(),  # collapsed = stuck at the end (see pglab/collapse.py)
+        "status": result.status,
+        "optimal_return": last["optimal_return"],  # J*, possibly non-stationary
+        "stationary_return": last["stationary_return"],  # best stationary J (reachable)
+        "final_suboptimality_stationary": last["suboptimality_stationary"],
+    }
     return JobOutput(
         tables={"history": history, "summary": pd.DataFrame([summary])},
         summary=summary,

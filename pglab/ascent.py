@@ -70,33 +70,38 @@ def optimal_action_mask(mdp: TabularMDP, rel_tol: float = 1e-9) -> torch.Tensor:
     return q_star >= values[:-1, :, None] - tol
 
 
-def tabular_collapse_config(mdp: TabularMDP, window: int = 10) -> CollapseConfig:
+def tabular_collapse_config(
+    mdp: TabularMDP, window: int = 10, stationary_return: float | None = None
+) -> CollapseConfig:
     """Collapse thresholds on the MDP's own return scale.
 
-    With J_u the return of the uniform policy (theta = 0) and J* the optimal return, let
-    J_mid = J_u + (J* - J_u) / 2, "half-way from random to optimal":
+    With J_u the return of the uniform policy (theta = 0) and J*_stat the best return of a
+    stationary policy (:func:`pglab.exact.best_stationary_return`; NOT the non-stationary
+    optimum J*, which a stationary softmax policy may never reach), let
+    J_mid = J_u + (J*_stat - J_u) / 2, "half-way from random to the reachable optimum":
 
-    * ``poor_return = J_mid``: a near-deterministic policy (mean entropy < 0.05 nats)
-      that has not got half-way to the optimum has locked in suboptimal actions;
-    * ``min_peak = J_mid`` if J_mid > 0, else ``inf`` (return-drop disabled, because the
-      rule compares against a positive peak): a peak counts once it is half-way to optimal,
-      and a drop means falling below half of it;
-    * ``drop_fraction = 0.5``, ``entropy_threshold = 0.05``, ``window`` as given;
-    * ``peak_smoothing = 1``: J(theta_k) is exact here, so its peak carries no noise bias.
+    * ``poor_return = J_mid``: a near-deterministic policy (mean entropy < 0.05 nats over
+      the last ``window`` iterations) whose J has stayed at or below J_mid is *stuck*: it
+      locked in suboptimal actions and the saturated softmax's gradient vanishes. A run
+      that ends near J*_stat is therefore never collapsed at the end (J > J_mid);
+    * ``window_episodes = window``: the ascent feeds one exact J(theta_k) per iteration
+      (``n_episodes = 1``), so the window is ``window`` iterations;
+    * dips: ``min_peak = J_mid`` if J_mid > 0, else ``inf`` (the dip count compares
+      against a positive peak), ``drop_fraction = 0.5``;
+    * ``entropy_threshold = 0.05``.
 
-    The same roles as the CartPole defaults (min_peak and poor_return about twice the
-    random policy's return there).
+    ``stationary_return``: J*_stat if already computed (``None``: computed here).
     """
     j_uniform = exact.expected_return(mdp, torch.zeros(mdp.n_states, mdp.n_actions))
-    j_star = exact.optimal_return(mdp)
-    j_mid = j_uniform + 0.5 * (j_star - j_uniform)
+    if stationary_return is None:
+        stationary_return = exact.best_stationary_return(mdp)
+    j_mid = j_uniform + 0.5 * (stationary_return - j_uniform)
     return CollapseConfig(
-        drop_fraction=0.5,
-        window=window,
-        peak_smoothing=1,
-        min_peak=j_mid if j_mid > 0 else math.inf,
-        entropy_threshold=0.05,
+        window_episodes=window,
         poor_return=j_mid,
+        entropy_threshold=0.05,
+        drop_fraction=0.5,
+        min_peak=j_mid if j_mid > 0 else math.inf,
     )
 
 
@@ -122,7 +127,8 @@ def tabular_ascent(
         n_trajectories: N >= 1 trajectories per iteration; required for an estimator,
             ignored for ``"exact"`` (which samples nothing).
         seed: base seed of the sampled gradients (see :func:`iteration_seed`).
-        detector: collapse detector; ``None`` uses ``tabular_collapse_config(mdp)``.
+        detector: collapse detector; ``None`` uses ``tabular_collapse_config(mdp)``
+            (thresholds relative to the best stationary return).
         callback: called with each iteration's metrics dict.
 
     Returns:
@@ -131,8 +137,16 @@ def tabular_ascent(
         taken from it:
 
         * ``iteration``: k.
-        * ``expected_return``: exact J(theta_k); ``optimal_return``: J* (best policy, possibly
-          non-stationary); ``suboptimality``: J* - J(theta_k).
+        * ``expected_return``: exact J(theta_k).
+        * ``optimal_return``: J*, the best return of ANY policy (possibly non-stationary);
+          ``suboptimality``: J* - J(theta_k), against that upper bound, which a stationary
+          softmax policy may never reach (FrozenLake 4x4: J* = 0.74419, best stationary
+          0.74016), so it need not go to 0.
+        * ``stationary_return``: J*_stat, the best return of a stationary policy
+          (:func:`pglab.exact.best_stationary_return`); ``suboptimality_stationary``:
+          J*_stat - J(theta_k), the gap a stationary policy can close (it goes to 0 when
+          the ascent converges to the best stationary policy; slightly negative if a
+          stochastic stationary policy beats the deterministic reference).
         * ``entropy``: occupancy-weighted mean entropy over real decisions,
           sum_t sum_{s not terminal} d_t(s) H(s) / sum_t sum_{s not terminal} d_t(s), nats;
           the analogue of CartPole's mean over the batch's states (fed to the detector).
@@ -143,7 +157,11 @@ def tabular_ascent(
           and d_t the exact occupancy under pi_k. 1 means the policy only ever takes
           optimal actions. NaN if only terminal states are reachable.
         * ``grad_norm``: ||ghat_k||_2; ``exact_grad_norm``: ||dJ/dtheta(theta_k)||_2.
-        * ``collapsed``, ``diverged``.
+        * ``collapsed`` (the detector's verdict as of iteration k: stuck over the last
+          window, or diverged; cleared when a stuck run climbs out), ``diverged``.
+
+        ``result.collapse`` and ``summary()["collapsed"]`` are the verdict at the END of
+        the run (see :mod:`pglab.collapse`).
 
     Raises:
         ValueError: before any work, for a bad step size, iteration count, gradient name,
@@ -163,11 +181,12 @@ def tabular_ascent(
                 f"gradient={gradient!r}"
             )
     theta = check_logits(logits0, mdp.n_states, mdp.n_actions).detach().clone()
+    j_star = exact.optimal_return(mdp)
+    j_stationary = exact.best_stationary_return(mdp)
     if detector is None:
-        detector = CollapseDetector(tabular_collapse_config(mdp))
+        detector = CollapseDetector(tabular_collapse_config(mdp, stationary_return=j_stationary))
     detector.reset()
 
-    j_star = exact.optimal_return(mdp)
     optimal = optimal_action_mask(mdp).to(torch.float64)  # [T, S, A]
     live = (~mdp.terminal).to(torch.float64)  # [S]
     history: list[dict[str, Any]] = []
@@ -198,12 +217,14 @@ def tabular_ascent(
             if finite:
                 theta = new_theta
 
-        collapse = detector.update(k, solution.expected_return, ent, finite)
+        collapse = detector.update(k, solution.expected_return, ent, finite, n_episodes=1)
         metrics = {
             "iteration": k,
             "expected_return": solution.expected_return,
             "optimal_return": j_star,
             "suboptimality": j_star - solution.expected_return,
+            "stationary_return": j_stationary,
+            "suboptimality_stationary": j_stationary - solution.expected_return,
             "entropy": ent,
             "entropy_states": ent_states,
             "p_optimal": p_opt,

@@ -1,62 +1,77 @@
-"""Step-size collapse: decide, from a learning curve, whether a run fell apart.
+"""Step-size collapse: decide, from a learning curve, whether a run is *stuck*.
 
-A policy-gradient run "collapses" when one update (usually a too-large step size
-alpha) throws the policy into a region it cannot climb out of. The detector watches
-three signals per iteration k and reports the first that fires:
+A policy-gradient run "collapses" when an update (usually a too-large step size alpha)
+throws the policy into a region it cannot climb out of: the softmax saturates on a bad
+action choice, its gradient vanishes, and plain gradient ascent stays there. The
+detector therefore asks, at every iteration k, whether the run is stuck *now*, over a
+trailing window of the last ``window_episodes`` episodes (in episodes, not iterations, so
+that it means the same at every batch size N):
 
 =====================  =====================================================================
-reason                 condition
+reason                 condition at iteration k
 =====================  =====================================================================
-``"non_finite"``       (b) the loss, a gradient or a parameter is NaN/inf, or the reported
+``"stuck"``            over the trailing window W_k (the fewest latest iterations holding
+                       at least ``window_episodes`` episodes), the episode-weighted mean
+                       return Rbar_k <= ``poor_return`` AND the mean policy entropy
+                       Hbar_k < ``entropy_threshold`` (near-deterministic on the states it
+                       visits). Both are window means, so one noisy batch does not decide.
+``"non_finite"``       the loss, a gradient or a parameter is NaN/inf, or the reported
                        return or entropy is NaN/inf. The run has *diverged*; this fires at
-                       once (no window).
-``"return_drop"``      (a) the running peak P_k has reached ``min_peak`` and
-                       J_j < ``drop_fraction`` * P_j for ``window`` consecutive iterations.
-                       P_k = max_{j<=k} Jbar_j is the peak of the trailing mean
-                       Jbar_j = mean(J_{j-m+1}, ..., J_j) over m = ``peak_smoothing``
-                       iterations (m = 1: the raw peak).
-``"entropy_collapse"`` (c) the mean policy entropy H_j < ``entropy_threshold`` (nats) while
-                       J_j < ``poor_return``, for ``window`` consecutive iterations: the
-                       softmax saturated (its gradient vanishes, so plain gradient ascent
-                       cannot leave) before the policy became good.
+                       once and is final.
 =====================  =====================================================================
 
-Here J_k is the iteration's return (the batch mean on CartPole, the exact J(theta_k) in a
-tabular MDP) and H_k the mean entropy of pi(.|s) over the states the iteration visited.
+Here J_k is the iteration's return (the batch mean of N episodes on CartPole, the exact
+J(theta_k) in a tabular MDP, fed with ``n_episodes=1``) and H_k the mean entropy of
+pi(.|s) over the states the iteration visited.
 
-``CollapseStatus.iteration`` is the *onset*: the first iteration of the window that
-triggered (for ``non_finite``, the iteration that produced the non-finite value).
-``CollapseStatus.detected_at`` is the iteration at which the detector could first say so
-(onset + window - 1 for the windowed rules). Once collapsed, the status never changes.
+The verdict is the status at the *latest* iteration: a "stuck" that later stops holding
+(the run climbs out) is cleared, so the final status of a run says whether it ended
+stuck. ``non_finite`` is never cleared. :class:`CollapseStatus` also records the history:
+``first_onset`` (the first stuck stretch's onset, kept even if the run recovered),
+``stuck_iterations`` (how many iterations were stuck) and ``dips``.
 
-Defaults are tuned for ``CartPole-v1`` (reward +1 per step, episodes capped at 500):
+Dips (a transient drop, counted, not a collapse): with the peak P_k = max_{j<=k} Rbar_j
+(the windowed mean, so a lucky batch does not make a peak), a dip starts when
+P_k >= ``min_peak`` and Rbar_k < ``drop_fraction`` * P_k, and is counted in ``dips`` when
+it ends, i.e. when Rbar climbs back to >= ``drop_fraction`` * P. ``dropped`` says whether
+the run is inside a dip now (not yet recovered).
 
-* The uniform random policy returns 22.1 per episode (standard deviation 11.7, measured
-  on 20 000 episodes), so the mean of N = 10 episodes has standard error about 3.7, and
-  the 5-iteration trailing mean used for the peak (50 episodes) about 1.7. A peak of 50
-  is more than 15 of those standard errors above the uniform policy: noise alone does not
-  reach it. ``min_peak = 50`` therefore means "the policy demonstrably learned something",
-  and a drop below ``0.5 * 50 = 25`` means "back to random-policy level or worse".
-* ``poor_return = 100`` (a fifth of the 500-step cap, between 4 and 5 times random): a
-  near-deterministic policy (``entropy_threshold = 0.05`` nats, against log 2 ~ 0.69 for
-  the uniform two-action policy) that balances fewer than 100 steps has locked in a bad
-  action choice. Saturated softmax policies of this kind are what absurd step sizes
-  produce (typically 9-60 steps, with an exactly vanishing gradient). A
-  near-deterministic policy returning 500 is a success, not a collapse, which is why (c)
-  also asks for a poor return.
-* ``window = 10`` iterations: a single bad batch (a one- or two-iteration dip) is noise,
-  ten in a row is not.
-* ``peak_smoothing = 5``: the maximum of noisy batch means is biased upwards (the best of
-  K draws sits about 2-3 standard errors above the mean it came from), which would make
-  an ordinary noisy curve look like it fell from a high peak. Taking the peak of a 5-
-  iteration trailing mean divides that standard error by sqrt(5). Use 1 when J_k is
-  exact (the tabular ascent).
+Defaults are set for ``CartPole-v1`` (reward +1 per step, episodes capped at 500), from
+measured numbers:
 
-For other problems choose the numbers on the problem's own return scale, e.g. relative to
-the uniform policy's return and the optimum (``pglab.ascent.tabular_collapse_config`` does
-that for tabular MDPs). The return-drop rule compares against a positive peak, so it only
-makes sense for returns that are positive when the policy is good; set
-``min_peak = math.inf`` to disable it.
+* The uniform random policy returns 22.1 per episode (standard deviation 11.7, 20 000
+  episodes), so over a 100-episode window its mean has standard error 1.2. A policy stuck
+  on a saturated softmax returns 9.2-9.5 (it pushes the cart one way until the pole
+  falls; measured on all 22 runs of the validation grid that were stuck at 3B).
+  ``poor_return = 30`` is "no better than random play" with room for noise: about 7
+  standard errors above the random mean, so a window of random play or worse is poor,
+  and a policy that has learned to balance (window returns 50+) is not.
+* ``entropy_threshold = 0.05`` nats (log 2 = 0.69 for the uniform two-action policy;
+  max_a pi = 0.99 gives 0.056): on average over the window the visited states are
+  near-deterministic. At B = 10^5 env steps, the runs stuck at 3B had window-mean
+  entropies from 1e-19 to 0.011 (>= 97 % of states with max_a pi >= 0.99); the runs that
+  were learning had >= 0.05. No lower threshold separates the two runs that later
+  climbed out (0.004 and 0.0006 at B) from runs that stayed stuck (0.011, 0.007, ...):
+  climbing out of a saturated softmax is a rare random event, not visible in advance.
+* ``window_episodes = 100``: 10 iterations at N = 10, 100 at N = 1, 5 at N = 20. The
+  per-batch entropy of a small batch is noisy (a few states); averaging over 100 episodes
+  removes the false alarms of a per-batch rule.
+* ``drop_fraction = 0.5``, ``min_peak = 50`` (dips only): a windowed peak of 50 is more
+  than 20 standard errors above random play, i.e. the policy demonstrably learned.
+
+Validation (``benchmarks/bench_collapse_detector.py``; N in {1, 2, 5, 10, 20} x alpha in
+{1e-4, 1e-3, 1e-2} x 3 seeds, raw-return REINFORCE, plain SGD): the verdict at the end of
+B = 10^5 env steps against the ground truth "stuck at 3B" (last 100 episodes at 3B:
+mean return <= 22.1 and >= 95 % near-deterministic states, or diverged) has precision
+P(stuck at 3B | collapsed at B) = 21/23 = 0.91 (95 % Clopper-Pearson CI [0.72, 0.99]) and
+recall P(collapsed at B | stuck at B and 3B) = 21/21 = 1.00 ([0.84, 1.00]). The previous
+rule ("a >= 50 % drop from the peak at some point", never reset) had precision 22/37 =
+0.59 ([0.42, 0.75]) on the same runs.
+
+For other problems choose the numbers on the problem's own return scale
+(``pglab.ascent.tabular_collapse_config`` does that for tabular MDPs, relative to the
+uniform policy and the best stationary policy). ``poor_return = None`` disables "stuck";
+``min_peak = math.inf`` disables the dip count (e.g. for negative returns).
 """
 
 from __future__ import annotations
@@ -64,9 +79,9 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-REASONS = ("return_drop", "non_finite", "entropy_collapse")
+REASONS = ("stuck", "non_finite")
 
 
 @dataclass(frozen=True)
@@ -74,143 +89,106 @@ class CollapseConfig:
     """Thresholds of the collapse detector (see the module docstring for the rules).
 
     Attributes:
-        drop_fraction: (a) a return below ``drop_fraction`` x peak counts as dropped;
+        window_episodes: length of the trailing window in episodes (the window holds the
+            fewest latest iterations with at least this many episodes; iterations count
+            ``n_episodes`` each); >= 1. The tabular ascent passes ``n_episodes=1``, so
+            there it is a window in iterations.
+        poor_return: the window's mean return must be <= this to count as stuck;
+            ``None`` disables "stuck". CartPole default 30 (random play: 22.1).
+        entropy_threshold: the window's mean entropy (nats) must be below this to count
+            as near-deterministic; >= 0.
+        drop_fraction: dips: a windowed return below ``drop_fraction`` x peak is a dip;
             in (0, 1].
-        window: (a), (c) how many consecutive iterations the condition must hold; >= 1.
-        peak_smoothing: (a) the peak is the maximum of the trailing mean over this many
-            iterations (the peak is undefined until that many have been seen); >= 1.
-        min_peak: (a) peaks below this are ignored (a return that never rose cannot
-            collapse from a peak); > 0, ``math.inf`` disables (a). CartPole default 50.
-        entropy_threshold: (c) mean entropy (nats) below which the policy counts as
-            near-deterministic; >= 0.
-        poor_return: (c) returns below this count as still poor; ``None`` disables (c).
-            CartPole default 100.
-        return_window: (a) consecutive iterations the return must stay dropped; ``None``
-            (default) uses ``window``. :func:`scale_to_batch_size` sets it for small N,
-            where per-iteration returns are noisy; rule (c) keeps ``window``, since the
-            policy's entropy is not a noisy batch statistic in the same way.
+        min_peak: dips: windowed peaks below this are ignored; > 0, ``math.inf``
+            disables the dip count. CartPole default 50.
     """
 
-    drop_fraction: float = 0.5
-    window: int = 10
-    peak_smoothing: int = 5
-    min_peak: float = 50.0
+    window_episodes: int = 100
+    poor_return: float | None = 30.0
     entropy_threshold: float = 0.05
-    poor_return: float | None = 100.0
-    return_window: int | None = None
-
-    @property
-    def effective_return_window(self) -> int:
-        """Window of rule (a): ``return_window``, or ``window`` when that is ``None``."""
-        return self.window if self.return_window is None else self.return_window
+    drop_fraction: float = 0.5
+    min_peak: float = 50.0
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first invalid field and its value."""
-        if not (math.isfinite(self.drop_fraction) and 0.0 < self.drop_fraction <= 1.0):
-            raise ValueError(f"drop_fraction={self.drop_fraction!r}, expected a number in (0, 1]")
-        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
-            raise ValueError(f"window={self.window!r}, expected an integer >= 1")
-        if (
-            isinstance(self.peak_smoothing, bool)
-            or not isinstance(self.peak_smoothing, int)
-            or self.peak_smoothing < 1
-        ):
-            raise ValueError(f"peak_smoothing={self.peak_smoothing!r}, expected an integer >= 1")
-        if math.isnan(self.min_peak) or self.min_peak <= 0.0:
+        w = self.window_episodes
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+            raise ValueError(f"window_episodes={w!r}, expected an integer >= 1")
+        if self.poor_return is not None and not math.isfinite(self.poor_return):
             raise ValueError(
-                f"min_peak={self.min_peak!r}, expected a number > 0 (math.inf disables the "
-                "return-drop rule)"
-            )
-        if self.return_window is not None and (
-            isinstance(self.return_window, bool)
-            or not isinstance(self.return_window, int)
-            or self.return_window < 1
-        ):
-            raise ValueError(
-                f"return_window={self.return_window!r}, expected an integer >= 1 or None"
+                f"poor_return={self.poor_return!r}, expected a finite number or None "
+                "(None disables the stuck rule)"
             )
         if not (math.isfinite(self.entropy_threshold) and self.entropy_threshold >= 0.0):
             raise ValueError(
                 f"entropy_threshold={self.entropy_threshold!r}, expected a finite number >= 0"
             )
-        if self.poor_return is not None and not math.isfinite(self.poor_return):
+        if not (math.isfinite(self.drop_fraction) and 0.0 < self.drop_fraction <= 1.0):
+            raise ValueError(f"drop_fraction={self.drop_fraction!r}, expected a number in (0, 1]")
+        if math.isnan(self.min_peak) or self.min_peak <= 0.0:
             raise ValueError(
-                f"poor_return={self.poor_return!r}, expected a finite number or None "
-                "(None disables the entropy-collapse rule)"
+                f"min_peak={self.min_peak!r}, expected a number > 0 (math.inf disables the "
+                "dip count)"
             )
 
-
-def scale_to_batch_size(
-    config: CollapseConfig, n_trajectories: int, calibrated_n: int = 10
-) -> CollapseConfig:
-    """Stretch the return rule's window and smoothing to span as many episodes as at ``calibrated_n``.
-
-    The defaults are calibrated for batches of N = 10 episodes: a 5-iteration trailing
-    mean (50 episodes) for the peak and a 10-iteration window (100 episodes). With smaller
-    batches a per-iteration return is much noisier (its standard error grows like
-    1/sqrt(N)), so the same iteration counts would flag noise as collapse: N = 1 runs that
-    were still learning were flagged as ``return_drop``. For N < ``calibrated_n`` this
-    returns a config whose return-drop window and peak smoothing are multiplied by
-    ceil(calibrated_n / N); the entropy rule (c) keeps ``window`` (a saturated softmax is
-    not a noisy per-batch statistic). For N >= ``calibrated_n`` the config is returned
-    unchanged.
-
-        return_window'  = effective_return_window * ceil(calibrated_n / N)
-        peak_smoothing' = peak_smoothing * ceil(calibrated_n / N)
-
-    Rule (a) then needs at least peak_smoothing' + return_window' - 1 iterations to fire,
-    so short runs with small N should use an env-step budget (as the grid presets do).
-    """
-    if (
-        isinstance(n_trajectories, bool)
-        or not isinstance(n_trajectories, int)
-        or n_trajectories < 1
-    ):
-        raise ValueError(f"n_trajectories={n_trajectories!r}, expected an integer >= 1")
-    factor = -(-calibrated_n // n_trajectories)  # ceil
-    if factor <= 1:
-        return config
-    return replace(
-        config,
-        return_window=config.effective_return_window * factor,
-        peak_smoothing=config.peak_smoothing * factor,
-    )
+    def window_iterations(self, n_episodes: int) -> int:
+        """Iterations in a full window when every iteration has ``n_episodes`` episodes:
+        ceil(window_episodes / n_episodes)."""
+        return -(-self.window_episodes // n_episodes)
 
 
 @dataclass
 class CollapseStatus:
-    """Outcome of collapse detection.
+    """Outcome of collapse detection, as of the latest iteration.
 
     Attributes:
-        collapsed: whether any rule fired.
-        iteration: onset of the collapse (first iteration of the triggering window;
-            for ``non_finite`` the iteration that produced the non-finite value).
-        reason: ``"return_drop"``, ``"non_finite"`` or ``"entropy_collapse"``; ``None``
-            when not collapsed.
-        detected_at: iteration at which the rule fired (>= ``iteration``).
+        collapsed: stuck now, or diverged (``non_finite``, final).
+        iteration: onset of the current collapse: the first iteration of the trailing
+            window at which the current stuck stretch was detected (for ``non_finite``
+            the iteration that produced the non-finite value); ``None`` if not collapsed.
+        reason: ``"stuck"`` or ``"non_finite"``; ``None`` when not collapsed.
+        detected_at: iteration at which the current collapse was detected (>= onset).
+        first_onset: onset of the first stuck stretch (or the non-finite iteration), kept
+            after a recovery; ``None`` if the run was never stuck.
+        stuck_iterations: number of iterations whose status was collapsed.
+        dips: number of recovered dips (see the module docstring).
+        dropped: inside a dip now (windowed return < drop_fraction x peak).
     """
 
     collapsed: bool = False
     iteration: int | None = None
     reason: str | None = None
     detected_at: int | None = None
+    first_onset: int | None = None
+    stuck_iterations: int = 0
+    dips: int = 0
+    dropped: bool = False
 
 
 class CollapseDetector:
     """Streaming collapse detector: feed one iteration at a time with :meth:`update`.
 
-    The first rule to fire is recorded and kept; later updates return the same status.
-    Deterministic (no randomness).
+    Deterministic (no randomness). The returned status is the verdict as of the latest
+    iteration: "stuck" is set and cleared as the window changes, ``non_finite`` is final.
 
     Example:
-        >>> detector = CollapseDetector(CollapseConfig(window=2, peak_smoothing=1, min_peak=10.0))
-        >>> for k, ret in enumerate([5.0, 20.0, 4.0, 3.0]):
-        ...     status = detector.update(k, ret, entropy=0.6, finite=True)
-        >>> (status.reason, status.iteration, status.detected_at)
-        ('return_drop', 2, 3)
+        >>> detector = CollapseDetector(CollapseConfig(window_episodes=2, min_peak=10.0))
+        >>> for k, ret in enumerate([5.0, 20.0, 20.0, 9.0, 9.0, 9.0, 30.0, 40.0]):
+        ...     status = detector.update(k, ret, entropy=0.01 if ret < 10 else 0.6)
+        ...     print(k, status.collapsed, status.iteration)
+        0 False None
+        1 False None
+        2 False None
+        3 False None
+        4 True 3
+        5 True 3
+        6 False None
+        7 False None
+        >>> (status.first_onset, status.stuck_iterations, status.dips)
+        (3, 2, 1)
     """
 
     def __init__(self, config: CollapseConfig | None = None) -> None:
@@ -221,77 +199,97 @@ class CollapseDetector:
     def reset(self) -> None:
         """Forget everything seen so far."""
         self.peak = -math.inf
-        self._recent: deque[float] = deque(maxlen=self.config.peak_smoothing)
-        self._drop_start: int | None = None
-        self._drop_count = 0
-        self._entropy_start: int | None = None
-        self._entropy_count = 0
+        # (iteration, n_episodes, n * return, n * entropy) of the trailing window
+        self._window: deque[tuple[int, int, float, float]] = deque()
+        self._episodes = 0
+        self._sum_return = 0.0
+        self._sum_entropy = 0.0
         self._status = CollapseStatus()
 
     @property
     def status(self) -> CollapseStatus:
         """Current status (a copy)."""
-        s = self._status
-        return CollapseStatus(s.collapsed, s.iteration, s.reason, s.detected_at)
+        return CollapseStatus(**vars(self._status))
 
-    def _fire(self, reason: str, onset: int, iteration: int) -> CollapseStatus:
-        self._status = CollapseStatus(True, onset, reason, iteration)
-        return self.status
+    def window_means(self) -> tuple[float, float] | None:
+        """(mean return, mean entropy) over the trailing window, ``None`` until it is full."""
+        if self._episodes < self.config.window_episodes:
+            return None
+        return self._sum_return / self._episodes, self._sum_entropy / self._episodes
 
     def update(
-        self, iteration: int, mean_return: float, entropy: float, finite: bool = True
+        self,
+        iteration: int,
+        mean_return: float,
+        entropy: float,
+        finite: bool = True,
+        n_episodes: int = 1,
     ) -> CollapseStatus:
-        """Record iteration ``iteration`` and return the status so far.
+        """Record iteration ``iteration`` and return the status as of this iteration.
 
         Args:
             iteration: index of this iteration (reported back as onset/detection).
-            mean_return: J_k, the iteration's return.
+            mean_return: J_k, the iteration's return (mean over its episodes).
             entropy: H_k, mean policy entropy in nats over the visited states.
             finite: ``False`` when the loss, a gradient or a parameter was non-finite.
+            n_episodes: episodes behind this iteration (N on CartPole; 1 for an exact J).
         """
-        if self._status.collapsed:
+        s = self._status
+        if s.reason == "non_finite":
             return self.status
         cfg = self.config
-        mean_return = float(mean_return)
-        entropy = float(entropy)
+        mean_return, entropy = float(mean_return), float(entropy)
         if not finite or not math.isfinite(mean_return) or not math.isfinite(entropy):
-            return self._fire("non_finite", iteration, iteration)
+            onset = iteration if s.first_onset is None else s.first_onset
+            self._status = CollapseStatus(
+                True,
+                iteration,
+                "non_finite",
+                iteration,
+                onset,
+                s.stuck_iterations + 1,
+                s.dips,
+                s.dropped,
+            )
+            return self.status
 
-        # (a) return drop: J_k < drop_fraction * P_k, P_k = running peak of the trailing
-        # mean over peak_smoothing iterations, P_k >= min_peak.
-        self._recent.append(mean_return)
-        if len(self._recent) == cfg.peak_smoothing:
-            self.peak = max(self.peak, sum(self._recent) / cfg.peak_smoothing)
-        dropped = self.peak >= cfg.min_peak and mean_return < cfg.drop_fraction * self.peak
-        if dropped:
-            if self._drop_count == 0:
-                self._drop_start = iteration
-            self._drop_count += 1
-        else:
-            self._drop_count, self._drop_start = 0, None
+        # trailing window: the fewest latest iterations with >= window_episodes episodes
+        n = int(n_episodes)
+        self._window.append((iteration, n, n * mean_return, n * entropy))
+        self._episodes += n
+        self._sum_return += n * mean_return
+        self._sum_entropy += n * entropy
+        while self._episodes - self._window[0][1] >= cfg.window_episodes:
+            _, n0, r0, h0 = self._window.popleft()
+            self._episodes -= n0
+            self._sum_return -= r0
+            self._sum_entropy -= h0
+        means = self.window_means()
+        if means is None:
+            return self.status
+        window_return, window_entropy = means
 
-        # (c) entropy collapse: H_k < entropy_threshold while J_k < poor_return.
-        low = (
+        # dips: windowed return below drop_fraction x the windowed peak, counted on recovery
+        self.peak = max(self.peak, window_return)
+        dropped = self.peak >= cfg.min_peak and window_return < cfg.drop_fraction * self.peak
+        if s.dropped and not dropped:
+            s.dips += 1
+        s.dropped = dropped
+
+        stuck = (
             cfg.poor_return is not None
-            and entropy < cfg.entropy_threshold
-            and mean_return < cfg.poor_return
+            and window_return <= cfg.poor_return
+            and window_entropy < cfg.entropy_threshold
         )
-        if low:
-            if self._entropy_count == 0:
-                self._entropy_start = iteration
-            self._entropy_count += 1
-        else:
-            self._entropy_count, self._entropy_start = 0, None
-
-        # When both fire at the same iteration, the earlier onset wins.
-        fired = []
-        if self._drop_count >= cfg.effective_return_window:
-            fired.append((self._drop_start, "return_drop"))
-        if self._entropy_count >= cfg.window:
-            fired.append((self._entropy_start, "entropy_collapse"))
-        if fired:
-            onset, reason = min(fired, key=lambda x: x[0])
-            return self._fire(reason, onset, iteration)
+        if stuck:
+            if not s.collapsed:  # a new stuck stretch starts: onset = first iteration of W_k
+                s.collapsed, s.reason = True, "stuck"
+                s.iteration, s.detected_at = self._window[0][0], iteration
+                if s.first_onset is None:
+                    s.first_onset = s.iteration
+            s.stuck_iterations += 1
+        elif s.collapsed:  # climbed out: clear the verdict, keep the history
+            s.collapsed, s.reason, s.iteration, s.detected_at = False, None, None, None
         return self.status
 
 
@@ -300,6 +298,7 @@ def detect_collapse(
     entropies: Sequence[float],
     finite: Sequence[bool] | None = None,
     config: CollapseConfig | None = None,
+    n_episodes: int = 1,
 ) -> CollapseStatus:
     """Offline collapse detection over a whole curve (same rules as :class:`CollapseDetector`).
 
@@ -308,9 +307,12 @@ def detect_collapse(
         entropies: H_k per iteration (nats), length K.
         finite: per-iteration finiteness flags, length K; ``None`` means all ``True``.
         config: thresholds; ``None`` uses the CartPole defaults.
+        n_episodes: episodes per iteration (N).
 
     Returns:
-        The status after the last iteration; iterations are numbered 0..K-1.
+        The status after the last iteration (iterations numbered 0..K-1): whether the
+        curve *ends* collapsed, plus its history (first onset, stuck iterations, dips).
+        Stops early at a non-finite value (final).
     """
     n = len(returns)
     if len(entropies) != n:
@@ -322,7 +324,7 @@ def detect_collapse(
     detector = CollapseDetector(config)
     status = detector.status
     for k in range(n):
-        status = detector.update(k, returns[k], entropies[k], bool(finite[k]))
-        if status.collapsed:
+        status = detector.update(k, returns[k], entropies[k], bool(finite[k]), n_episodes)
+        if status.reason == "non_finite":
             break
     return status

@@ -263,3 +263,74 @@ def optimal_return(mdp: TabularMDP) -> float:
     """``J* = sum_s rho(s) V*_0(s)``, the best expected return of any policy."""
     values, _ = optimal_solution(mdp)
     return float(mdp.initial @ values[0])
+
+
+def _deterministic_logits(mdp: TabularMDP, actions: torch.Tensor) -> torch.Tensor:
+    """Logits of the deterministic policy a(s): 0 on a(s), -1000 elsewhere (exp(-1000) = 0)."""
+    logits = torch.full((mdp.n_states, mdp.n_actions), -1000.0, dtype=torch.float64)
+    logits[torch.arange(mdp.n_states), actions] = 0.0
+    return logits
+
+
+def best_stationary_policy(
+    mdp: TabularMDP, max_steps: int = 200, max_switch_trials: int = 8
+) -> tuple[float, torch.Tensor]:
+    """The best *stationary* deterministic policy found by local search, and its return.
+
+    A stationary softmax policy (what :func:`solve` evaluates and the ascent optimises)
+    cannot in general reach ``optimal_return(mdp)``, whose optimum may depend on t; e.g.
+    slippery FrozenLake 4x4 (T = 100): J* = 0.74419, best stationary 0.74016. This returns
+    a reference a stationary policy can reach:
+
+    1. start from a(s) = actions*[0, s], the non-stationary optimum's greedy actions at t = 0;
+    2. stationary policy improvement: with Q_t, d_t of the current policy, switch every
+       visited state to argmax_a sum_t gamma^t d_t(s) Q_t(s, a) (the occupancy-weighted
+       action value, the coordinate the policy gradient favours); keep it if J increases;
+    3. otherwise try switching single states, largest gain first (at most
+       ``max_switch_trials``), keeping the first that increases J; stop when none does
+       (or after ``max_steps`` accepted steps).
+
+    J increases strictly at every accepted step, so the search ends at a policy no single
+    switch improves. The result is exact for single-state MDPs (bandits: argmax r) and a
+    lower bound on sup over stationary policies in general (a stochastic stationary policy
+    can do better in rare cases, so J(theta) may exceed it slightly). Cost: a few
+    :func:`solve` calls (milliseconds for the zoo's small MDPs).
+
+    Returns:
+        ``(J, actions [S] int64)``.
+    """
+    if not isinstance(mdp, TabularMDP):
+        raise ValueError(f"mdp must be a TabularMDP, got {type(mdp).__name__}")
+    _, optimal_actions = optimal_solution(mdp)
+    actions = optimal_actions[0].clone()
+    best = expected_return(mdp, _deterministic_logits(mdp, actions))
+    discounts = _discounts(mdp)[:, None]
+    for _ in range(max_steps):
+        solution = solve(mdp, _deterministic_logits(mdp, actions))
+        occupancy = (discounts * solution.occupancy)[:, :, None]  # [T, S, 1]
+        score = (occupancy * solution.q_values).sum(0)  # [S, A]: sum_t gamma^t d_t(s) Q_t(s, a)
+        visited = solution.occupancy.sum(0) > 0
+        greedy = torch.where(visited, score.argmax(-1), actions)
+        gain = score.max(-1).values - score.gather(1, actions[:, None]).squeeze(1)
+        candidates = []
+        if not torch.equal(greedy, actions):
+            candidates.append(greedy)
+        for s in torch.argsort(gain, descending=True)[:max_switch_trials].tolist():
+            if gain[s] > 0 and visited[s] and greedy[s] != actions[s]:
+                single = actions.clone()
+                single[s] = greedy[s]
+                candidates.append(single)
+        for candidate in candidates:
+            value = expected_return(mdp, _deterministic_logits(mdp, candidate))
+            if value > best + 1e-12 * max(1.0, abs(best)):
+                best, actions = value, candidate
+                break
+        else:
+            break
+    return best, actions
+
+
+def best_stationary_return(mdp: TabularMDP) -> float:
+    """J of :func:`best_stationary_policy`: the best return a stationary policy is known to
+    reach (<= ``optimal_return(mdp)``, the non-stationary optimum)."""
+    return best_stationary_policy(mdp)[0]

@@ -8,7 +8,7 @@ One iteration k:
                                                                (``gradients.surrogate_loss``)
 4. ascent step theta_{k+1} = theta_k + alpha ghat_N           (``optimizer="sgd"``)
 5. metrics: returns, entropy and KL(pi_k || pi_{k+1}) on the batch's states, gradient norm,
-   optionally the gradient variance, and the collapse detector's verdict.
+   optionally the gradient variance, and the collapse detector's verdict (stuck now?).
 
 Only ``"sgd"`` is the textbook rule; ``"momentum"`` and ``"adam"`` apply
 ``torch.optim.SGD(momentum=...)`` / ``torch.optim.Adam`` (default betas and eps) with
@@ -78,8 +78,9 @@ class TrainConfig:
         seed: seeds the action-sampling generator.
         inject_nan_at: testing hook; at this iteration the gradient is replaced by NaN
             (``None``: never).
-        stop_on_collapse: end the run at the first detected collapse (``status`` is still
-            ``"complete"`` unless it diverged). Default ``False``: full curves.
+        stop_on_collapse: end the run the first time the detector says it is stuck
+            (``status`` is still ``"complete"`` unless it diverged). Default ``False``:
+            full curves (a stuck run may still climb out).
     """
 
     env_id: str = "CartPole-v1"
@@ -151,7 +152,7 @@ class TrainResult:
         history: one metrics dict per iteration (see :func:`train` for the keys).
         status: ``"complete"`` (budget used up or stopped on collapse) or ``"diverged"``
             (a non-finite loss, gradient or parameter ended the run).
-        collapse: the collapse detector's final status.
+        collapse: the collapse detector's status at the end of the run.
         final_params: ``{name: tensor}`` detached CPU copies of the final parameters
             (non-finite values possible when the parameters themselves diverged).
         return_key: the history key holding the per-iteration return
@@ -173,8 +174,17 @@ class TrainResult:
           under the learning curve (iteration axis) divided by K; comparable across runs
           with the same K.
         * ``best_return``: max per-iteration return.
-        * ``collapsed``, ``collapse_iteration`` (onset), ``collapse_reason``,
-          ``diverged`` (status == "diverged"), ``iterations`` (K), ``env_steps`` (last
+        * ``collapsed``: the detector's verdict at the END of the run: stuck over the
+          last window, or diverged (see :mod:`pglab.collapse`). A run that was stuck and
+          climbed out is not collapsed.
+        * ``collapse_iteration``: onset of the collapse the run ends in (``None`` if not
+          collapsed); ``collapse_reason``: ``"stuck"``, ``"non_finite"`` or ``None``.
+        * ``first_collapse_iteration``: onset of the first stuck stretch, even if the run
+          later recovered (``None`` if never stuck).
+        * ``stuck_fraction``: fraction of the K iterations whose status was collapsed.
+        * ``dips``: recovered drops (windowed return below half its windowed peak, then
+          back above it); ``dropped_at_end``: inside such a drop at the end.
+        * ``diverged`` (status == "diverged"), ``iterations`` (K), ``env_steps`` (last
           cumulative value, if recorded).
 
         Return statistics are NaN for an empty history.
@@ -188,6 +198,12 @@ class TrainResult:
             "collapsed": self.collapse.collapsed,
             "collapse_iteration": self.collapse.iteration,
             "collapse_reason": self.collapse.reason,
+            "first_collapse_iteration": self.collapse.first_onset,
+            "stuck_fraction": (
+                self.collapse.stuck_iterations / len(self.history) if self.history else nan
+            ),
+            "dips": self.collapse.dips,
+            "dropped_at_end": self.collapse.dropped,
             "diverged": self.status == "diverged",
             "iterations": len(self.history),
             "env_steps": self.history[-1].get("env_steps") if self.history else 0,
@@ -238,7 +254,8 @@ def train(
         diverged before updating), ``frac_deterministic`` (fraction of those states with
         max_a pi_k(a|s) >= ``deterministic_threshold``), ``grad_variance``
         (tr Cov(ghat_N) estimate, NaN when not computed this iteration), ``collapsed``
-        (detector verdict so far) and ``diverged``.
+        (the detector's verdict as of this iteration: stuck over the trailing window, or
+        diverged; it is cleared again when a stuck run climbs out) and ``diverged``.
 
         A non-finite loss or gradient at iteration k records row k (with ``grad_norm`` and
         ``kl`` non-finite / NaN), skips the update and stops. Non-finite parameters after
@@ -329,7 +346,9 @@ def train(
                     kl = float(terms.sum(-1).mean())
 
         return_mean = float(returns.mean())
-        collapse = detector.update(iteration, return_mean, entropy, finite)
+        collapse = detector.update(
+            iteration, return_mean, entropy, finite, n_episodes=config.n_trajectories
+        )
         wall = time.perf_counter() - start
         metrics = {
             "iteration": iteration,

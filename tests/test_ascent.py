@@ -12,10 +12,11 @@ from itertools import pairwise
 import pytest
 import torch
 
-from pglab import zoo
+from pglab import exact, zoo
 from pglab.ascent import iteration_seed, tabular_ascent, tabular_collapse_config
 from pglab.collapse import CollapseConfig, CollapseDetector
 from pglab.estimators import sample_gradients
+from pglab.mdp import TabularMDP
 
 UNIFORM = torch.zeros(2, 2, dtype=torch.float64)
 
@@ -79,13 +80,17 @@ def test_huge_step_freezes_a_deterministic_suboptimal_plateau(name):
     later = result.history[1:]
     assert all(h["entropy"] == 0.0 and h["grad_norm"] == 0.0 for h in later)
     assert len({h["expected_return"] for h in later}) == 1  # frozen
-    # suboptimal: not even half-way from the uniform policy's J to J*
-    j_uniform, j_star = result.history[0]["expected_return"], later[0]["optimal_return"]
-    assert later[0]["expected_return"] < j_uniform + 0.5 * (j_star - j_uniform)
+    # suboptimal: not even half-way from the uniform policy's J to the best stationary J
+    j_uniform, j_stat = result.history[0]["expected_return"], later[0]["stationary_return"]
+    assert later[0]["expected_return"] < j_uniform + 0.5 * (j_stat - j_uniform)
     if name == "two_state":
         assert later[0]["expected_return"] == pytest.approx(3.0, abs=1e-12)
-    assert result.collapse.collapsed and result.collapse.reason == "entropy_collapse"
-    assert result.collapse.iteration == 1
+    # a real stall: stuck at the end. The 10-iteration window [1..10] is the first whose
+    # mean entropy is 0 (iteration 0 is the uniform policy), so onset 1, detected at 10.
+    assert result.collapse.collapsed and result.collapse.reason == "stuck"
+    assert (result.collapse.iteration, result.collapse.detected_at) == (1, 10)
+    assert result.summary()["collapsed"] and result.history[-1]["collapsed"]
+    assert not result.history[9]["collapsed"] and result.history[10]["collapsed"]
 
 
 def test_overflowing_step_diverges_cleanly():
@@ -123,9 +128,17 @@ def test_tabular_collapse_config_scale():
     # J_u = 2.125, J* = 4: half-way is 3.0625
     config = tabular_collapse_config(zoo.two_state())
     assert config.poor_return == pytest.approx(3.0625) and config.min_peak == pytest.approx(3.0625)
-    assert config.peak_smoothing == 1
+    assert config.window_episodes == 10  # one exact J per iteration: 10 iterations
+    # FrozenLake: half-way to the best STATIONARY return 0.74016, not to J* = 0.74419
+    lake = zoo.frozenlake()
+    j_uniform = exact.expected_return(lake, torch.zeros(16, 4, dtype=torch.float64))
+    assert tabular_collapse_config(lake).poor_return == pytest.approx(
+        j_uniform + 0.5 * (exact.best_stationary_return(lake) - j_uniform), abs=1e-12
+    )
     # a custom detector is used as given
-    detector = CollapseDetector(CollapseConfig(window=2, poor_return=None, min_peak=math.inf))
+    detector = CollapseDetector(
+        CollapseConfig(window_episodes=2, poor_return=None, min_peak=math.inf)
+    )
     result = tabular_ascent(zoo.two_state(), UNIFORM, 1e6, 5, detector=detector)
     assert not result.collapse.collapsed
 
@@ -154,3 +167,71 @@ def test_bad_arguments_raise_before_any_work(kwargs, message):
 def test_iteration_seeds_are_distinct():
     seeds = {iteration_seed(s, k) for s in range(3) for k in range(100)}
     assert len(seeds) == 300 and all(0 <= x < 2**63 for x in seeds)
+
+
+# --------------------------------------------------------------------------- stationary optimum
+def _bandit(rewards: list[float]) -> TabularMDP:
+    n = len(rewards)
+    return TabularMDP(
+        transitions=torch.ones(1, n, 1, dtype=torch.float64),
+        rewards=[rewards],
+        initial=[1.0],
+        horizon=1,
+        name="bandit",
+    )
+
+
+def test_best_stationary_return_frozenlake_and_bandit():
+    """Slippery FrozenLake 4x4 (T = 100): the best stationary policy reaches 0.74016 while
+    the non-stationary optimum is J* = 0.74419 (both measured independently by the user;
+    rounding to 5 digits gives the tolerance). A bandit's best stationary arm is argmax r."""
+    lake = zoo.frozenlake()
+    value, actions = exact.best_stationary_policy(lake)
+    assert value == pytest.approx(0.74016, abs=5e-6)
+    assert exact.optimal_return(lake) == pytest.approx(0.74419, abs=5e-6)
+    assert actions.shape == (16,)
+    # the returned actions' own J is the value (a deterministic stationary policy)
+    logits = torch.full((16, 4), -1000.0, dtype=torch.float64)
+    logits[torch.arange(16), actions] = 0.0
+    assert exact.expected_return(lake, logits) == pytest.approx(value, abs=1e-12)
+    assert exact.best_stationary_return(_bandit([1.0, 0.9, 0.1])) == pytest.approx(1.0, abs=1e-12)
+    for name in ("two_state", "chain", "gridworld"):
+        mdp = zoo.make(name)
+        assert exact.best_stationary_return(mdp) <= exact.optimal_return(mdp) + 1e-12
+
+
+def test_bandit_that_climbs_out_of_a_saturated_start_ends_not_collapsed():
+    """r = [1, 0.9, 0.1], theta_0 = [0, 0, 6]: pi(arm 2) = 0.995, entropy 0.035 < 0.05 and
+    J = 0.105, below half-way (0.833) from the uniform J (0.667) to the best stationary J (1):
+    stuck from the start. Exact ascent climbs out (J >= 0.99) and ends near 1, so the run
+    ends NOT collapsed; the stuck stretch is remembered in first_onset / stuck_fraction.
+    (The old detector kept collapsed=True for ever once it fired at iteration 0.)"""
+    mdp = _bandit([1.0, 0.9, 0.1])
+    result = tabular_ascent(mdp, [[0.0, 0.0, 6.0]], step_size=0.4, n_iterations=2000)
+    history = result.history
+    reached = next(h["iteration"] for h in history if h["expected_return"] >= 0.99)
+    assert reached == 607  # the user's measurement (alpha = 0.4)
+    assert history[-1]["expected_return"] > 0.998
+    assert history[9]["collapsed"] and history[0]["entropy"] < 0.05  # stuck at the start
+    assert not history[-1]["collapsed"]
+    summary = result.summary()
+    assert not summary["collapsed"] and summary["collapse_reason"] is None
+    assert summary["first_collapse_iteration"] == 0
+    assert 0.0 < summary["stuck_fraction"] < reached / len(history)
+    assert history[-1]["suboptimality_stationary"] == pytest.approx(
+        1.0 - history[-1]["expected_return"], abs=1e-12
+    )
+    assert history[-1]["suboptimality"] == pytest.approx(
+        history[-1]["suboptimality_stationary"], abs=1e-12
+    )  # one state, horizon 1: J* = the best stationary return
+
+
+def test_frozenlake_suboptimality_columns_name_their_optimum():
+    lake = zoo.frozenlake()
+    result = tabular_ascent(lake, torch.zeros(16, 4, dtype=torch.float64), 1.0, 3)
+    h = result.history[-1]
+    assert h["optimal_return"] == pytest.approx(0.74419, abs=5e-6)
+    assert h["stationary_return"] == pytest.approx(0.74016, abs=5e-6)
+    assert h["suboptimality"] - h["suboptimality_stationary"] == pytest.approx(
+        h["optimal_return"] - h["stationary_return"], abs=1e-12
+    )

@@ -1,7 +1,10 @@
 """pglab.collapse: the detector on synthetic learning curves whose verdict is known.
 
-Every curve below is built by hand, so the expected reason and onset iteration follow
-directly from the rules in the module docstring (no statistics involved).
+Every curve below is built by hand, so the expected verdict, onset and counts follow
+directly from the rules in the module docstring (no statistics involved). The meaning
+tested is "collapsed = stuck NOW" (trailing window of episodes: poor mean return AND
+near-deterministic mean entropy), the verdict at the end of a curve is its final status,
+and ``non_finite`` is final.
 """
 
 from __future__ import annotations
@@ -12,98 +15,143 @@ import pytest
 
 from pglab.collapse import CollapseConfig, CollapseDetector, CollapseStatus, detect_collapse
 
-# peak_smoothing=1 (raw peak) keeps the hand-built curves easy to read; smoothing has its
-# own test below.
+# a 5-episode window, fed one episode per iteration unless a test says otherwise
 CFG = CollapseConfig(
-    drop_fraction=0.5, window=5, peak_smoothing=1, min_peak=50.0, entropy_threshold=0.05
+    window_episodes=5, poor_return=30.0, entropy_threshold=0.05, drop_fraction=0.5, min_peak=50.0
 )
 HIGH_ENTROPY = 0.6
+LOW_ENTROPY = 0.001  # a saturated softmax
 
 
 def _flat(n: int, value: float = HIGH_ENTROPY) -> list[float]:
     return [value] * n
 
 
-def test_rise_then_drop_and_stay_collapses_at_onset():
-    # rises to a peak of 200 at iteration 9, then falls to 30 < 0.5 * 200 from iteration 12 on
-    returns = [20.0 + 20.0 * k for k in range(10)] + [150.0, 120.0] + [30.0] * 8
+def test_dip_that_recovers_is_not_collapsed_at_the_end_and_is_counted():
+    # learns to 200, drops to 40 (< half the windowed peak) for 20 iterations, recovers
+    returns = [20.0 + 20.0 * k for k in range(10)] + [40.0] * 20 + [200.0] * 10
     status = detect_collapse(returns, _flat(len(returns)), config=CFG)
-    assert status == CollapseStatus(True, 12, "return_drop", 12 + CFG.window - 1)
+    assert not status.collapsed and status.reason is None and status.iteration is None
+    assert status.dips == 1 and not status.dropped
+    assert status.first_onset is None and status.stuck_iterations == 0
 
 
-def test_dip_shorter_than_window_is_not_a_collapse():
-    dip = [30.0] * (CFG.window - 1)  # one iteration short of the window
-    returns = [20.0, 80.0, 150.0, 200.0] + dip + [190.0, 210.0] + dip + [220.0]
+def test_drop_at_the_end_is_a_dip_in_progress_not_a_collapse():
+    # the policy still explores (high entropy): dropped, not stuck
+    returns = [200.0] * 10 + [20.0] * 10
     status = detect_collapse(returns, _flat(len(returns)), config=CFG)
-    assert status == CollapseStatus(False, None, None, None)
+    assert not status.collapsed and status.dropped and status.dips == 0
 
 
-def test_peak_below_min_peak_is_ignored():
-    # 40 -> 10 is a 75% drop, but a peak of 40 < min_peak = 50 never counted as learning
-    returns = [20.0, 40.0] + [10.0] * 20
-    assert not detect_collapse(returns, _flat(len(returns)), config=CFG).collapsed
+def test_stuck_run_is_collapsed_at_the_end_with_its_onset():
+    # learns to 200, then a bad step: return 10 with a saturated softmax from iteration 12 on
+    returns = [20.0 + 20.0 * k for k in range(10)] + [150.0, 120.0] + [10.0] * 18
+    entropies = _flat(12) + _flat(18, LOW_ENTROPY)
+    status = detect_collapse(returns, entropies, config=CFG)
+    # window mean return <= 30 from the window [13..17] (mean 10; [12..16] too: 10),
+    # window mean entropy < 0.05 once the window holds only low-entropy iterations: [12..16]
+    assert status == CollapseStatus(
+        collapsed=True,
+        iteration=12,
+        reason="stuck",
+        detected_at=16,
+        first_onset=12,
+        stuck_iterations=30 - 16,
+        dips=0,
+        dropped=True,
+    )
 
 
-def test_peak_smoothing_ignores_a_single_lucky_batch():
-    # A flat curve at 60 with one lucky batch of 200: the raw peak 200 would make every
-    # later 60 look like a drop below 100; the 5-iteration trailing mean peaks at
-    # (4 * 60 + 200) / 5 = 88, so the drop line is 44 and 60 is not a drop.
-    returns = [60.0] * 10 + [200.0] + [60.0] * 20
-    raw = detect_collapse(returns, _flat(len(returns)), config=CFG)
-    assert (raw.reason, raw.iteration) == ("return_drop", 11)
-    smoothed = CollapseConfig(window=5, peak_smoothing=5, min_peak=50.0)
-    assert not detect_collapse(returns, _flat(len(returns)), config=smoothed).collapsed
-    # ... while a real collapse from a sustained plateau is still caught
-    returns = [60.0] * 5 + [200.0] * 10 + [30.0] * 10
-    status = detect_collapse(returns, _flat(len(returns)), config=smoothed)
-    assert (status.reason, status.iteration) == ("return_drop", 15)
+def test_flag_resets_when_the_run_climbs_out():
+    """The tabular bandit story: stuck from the start, climbs out, ends good."""
+    returns = [10.0] * 20 + [60.0 + 10.0 * k for k in range(15)]
+    entropies = _flat(20, LOW_ENTROPY) + _flat(15, 0.3)
+    detector = CollapseDetector(CFG)
+    flags = [
+        detector.update(k, r, h).collapsed
+        for k, (r, h) in enumerate(zip(returns, entropies, strict=True))
+    ]
+    # stuck once the 5-iteration window is full (k = 4) until the window stops being poor
+    # and near-deterministic: at k = 20 the window [16..20] has mean entropy 0.0608 > 0.05
+    assert flags == [False] * 4 + [True] * 16 + [False] * 15
+    status = detector.status
+    assert not status.collapsed and status.reason is None and status.iteration is None
+    assert status.first_onset == 0 and status.stuck_iterations == 16
 
 
-def test_non_finite_fires_immediately_from_flag_or_values():
-    returns = [20.0, 30.0, 40.0, 50.0]
-    status = detect_collapse(returns, _flat(4), finite=[True, True, False, True], config=CFG)
-    assert status == CollapseStatus(True, 2, "non_finite", 2)
+def test_noisy_per_batch_entropy_is_not_a_false_alarm():
+    """At N = 2, ten consecutive batches can have entropy < 0.05 while the policy is not
+    saturated (the old per-batch rule fired here). The 100-episode window averages them:
+    mean entropy (40 * 0.3 + 10 * 0.01) / 50 = 0.242."""
+    config = CollapseConfig(window_episodes=100)
+    returns = [20.0] * 40 + [15.0] * 10 + [40.0] * 50
+    entropies = _flat(40, 0.3) + _flat(10, 0.01) + _flat(50, 0.3)
+    detector = CollapseDetector(config)
+    seen = [
+        detector.update(k, r, h, n_episodes=2)
+        for k, (r, h) in enumerate(zip(returns, entropies, strict=True))
+    ]
+    assert not any(s.collapsed for s in seen)
+    assert seen[-1].first_onset is None
+
+
+def test_window_is_in_episodes_so_it_means_the_same_at_every_batch_size():
+    config = CollapseConfig()  # 100 episodes
+    assert [config.window_iterations(n) for n in (1, 2, 5, 10, 20, 50)] == [100, 50, 20, 10, 5, 2]
+    # a run saturated at return 9 from the start is detected once 100 episodes are seen
+    for n in (1, 10, 20):
+        k_full = config.window_iterations(n)
+        status = detect_collapse([9.0] * 150, [0.0] * 150, config=config, n_episodes=n)
+        assert status.collapsed and status.reason == "stuck"
+        assert (status.iteration, status.detected_at) == (0, k_full - 1)
+        assert status.stuck_iterations == 150 - (k_full - 1)
+
+
+def test_near_deterministic_success_is_not_collapsed():
+    # a deterministic policy balancing to the 500 cap: good return, so not stuck
+    assert not detect_collapse([500.0] * 30, [0.0] * 30, config=CFG).collapsed
+
+
+def test_poor_but_exploring_policy_is_not_collapsed():
+    # random play: poor return but high entropy; it can still learn
+    assert not detect_collapse([22.0] * 30, [0.69] * 30, config=CFG).collapsed
+
+
+def test_non_finite_values_are_diverged_and_final():
+    status = detect_collapse([20.0] * 4, _flat(4), finite=[True, True, False, True], config=CFG)
+    assert (status.collapsed, status.reason, status.iteration) == (True, "non_finite", 2)
     status = detect_collapse([20.0, math.nan, 40.0], _flat(3), config=CFG)
-    assert (status.reason, status.iteration) == ("non_finite", 1)
+    assert (status.reason, status.iteration, status.detected_at) == ("non_finite", 1, 1)
     status = detect_collapse([20.0, 30.0, 40.0], [0.6, 0.6, math.inf], config=CFG)
     assert (status.reason, status.iteration) == ("non_finite", 2)
+    # streaming: later finite, good iterations do not clear a divergence
+    detector = CollapseDetector(CFG)
+    detector.update(0, math.nan, 0.6)
+    status = detector.update(1, 500.0, 0.6)
+    assert (status.collapsed, status.reason, status.iteration) == (True, "non_finite", 0)
 
 
-def test_low_entropy_with_poor_return_is_entropy_collapse():
-    # entropy falls below 0.05 nats from iteration 3 while the return stays ~ 9 (< 100)
-    returns = [22.0, 15.0, 10.0] + [9.0] * 10
-    entropies = [0.69, 0.3, 0.1] + [0.01] * 10
-    status = detect_collapse(returns, entropies, config=CFG)
-    assert status == CollapseStatus(True, 3, "entropy_collapse", 3 + CFG.window - 1)
+def test_divergence_after_a_stuck_stretch_keeps_the_first_onset():
+    returns = [10.0] * 8 + [math.nan]
+    status = detect_collapse(returns, _flat(9, LOW_ENTROPY), config=CFG)
+    assert (status.reason, status.iteration, status.first_onset) == ("non_finite", 8, 0)
 
 
-def test_low_entropy_with_good_return_is_success_not_collapse():
-    returns = [22.0, 100.0, 300.0] + [500.0] * 12
-    entropies = [0.69, 0.3, 0.1] + [0.001] * 12
-    assert not detect_collapse(returns, entropies, config=CFG).collapsed
-
-
-def test_poor_return_none_disables_entropy_rule():
-    config = CollapseConfig(window=3, poor_return=None)
+def test_poor_return_none_disables_the_stuck_rule():
+    config = CollapseConfig(window_episodes=3, poor_return=None)
     assert not detect_collapse([9.0] * 10, [0.0] * 10, config=config).collapsed
 
 
-def test_streaming_detector_keeps_first_collapse_and_matches_offline():
-    returns = [20.0, 100.0, 200.0] + [30.0] * 6 + [math.nan, 9.0]
-    entropies = _flat(len(returns))
+def test_streaming_detector_matches_offline_and_resets():
+    returns = [20.0, 100.0, 200.0] + [10.0] * 12 + [300.0] * 8
+    entropies = _flat(3) + _flat(12, LOW_ENTROPY) + _flat(8)
     detector = CollapseDetector(CFG)
-    seen = [
-        detector.update(k, r, h, True)
-        for k, (r, h) in enumerate(zip(returns, entropies, strict=True))
-    ]
-    flags = [s.collapsed for s in seen]
-    first = CFG.window - 1 + 3  # onset 3, confirmed window - 1 iterations later
-    assert flags == [False] * first + [True] * (len(returns) - first)
-    # the later NaN does not overwrite the first recorded reason
-    assert seen[-1] == CollapseStatus(True, 3, "return_drop", first)
-    assert detect_collapse(returns, entropies, config=CFG) == seen[-1]
+    for k, (r, h) in enumerate(zip(returns, entropies, strict=True)):
+        last = detector.update(k, r, h)
+    assert detect_collapse(returns, entropies, config=CFG) == last
+    assert not last.collapsed and last.first_onset == 3 and last.dips == 1
     detector.reset()
-    assert not detector.status.collapsed
+    assert detector.status == CollapseStatus()
 
 
 @pytest.mark.parametrize(
@@ -112,9 +160,8 @@ def test_streaming_detector_keeps_first_collapse_and_matches_offline():
         ({"drop_fraction": 0.0}, "drop_fraction=0.0"),
         ({"drop_fraction": 1.5}, "drop_fraction=1.5"),
         ({"drop_fraction": math.nan}, "drop_fraction=nan"),
-        ({"window": 0}, "window=0"),
-        ({"window": 2.5}, "window=2.5"),
-        ({"peak_smoothing": 0}, "peak_smoothing=0"),
+        ({"window_episodes": 0}, "window_episodes=0"),
+        ({"window_episodes": 2.5}, "window_episodes=2.5"),
         ({"min_peak": 0.0}, "min_peak=0.0"),
         ({"min_peak": math.nan}, "min_peak=nan"),
         ({"entropy_threshold": -0.1}, "entropy_threshold=-0.1"),
@@ -131,28 +178,3 @@ def test_detect_collapse_rejects_mismatched_lengths():
         detect_collapse([1.0, 2.0, 3.0], [0.5, 0.5])
     with pytest.raises(ValueError, match="len\\(finite\\)=1"):
         detect_collapse([1.0, 2.0], [0.5, 0.5], finite=[True])
-
-
-def test_scaling_to_small_batches_spans_the_same_number_of_episodes():
-    from pglab.collapse import scale_to_batch_size
-
-    base = CollapseConfig()
-    assert scale_to_batch_size(base, 10) == base and scale_to_batch_size(base, 50) == base
-    one = scale_to_batch_size(base, 1)
-    assert (one.effective_return_window, one.peak_smoothing) == (100, 50)
-    assert one.window == base.window  # the entropy rule keeps its window
-    three = scale_to_batch_size(base, 3)  # ceil(10 / 3) = 4
-    assert (three.effective_return_window, three.peak_smoothing) == (40, 20)
-    with pytest.raises(ValueError, match="n_trajectories=0"):
-        scale_to_batch_size(base, 0)
-
-
-def test_scaled_config_still_detects_entropy_collapse_within_the_plain_window():
-    """N = 1 stretches only the return rule: a saturated, poor policy is still caught."""
-    from pglab.collapse import scale_to_batch_size
-
-    config = scale_to_batch_size(CollapseConfig(), 1)
-    returns = [20.0] * 20 + [9.0] * 30
-    entropies = [0.6] * 20 + [0.0] * 30
-    status = detect_collapse(returns, entropies, config=config)
-    assert (status.reason, status.iteration) == ("entropy_collapse", 20)

@@ -120,6 +120,8 @@ def test_mdp_from_file(tmp_path):
         ("optimizer=rmsprop", "rmsprop"),
         ("step_size=abc", "step_size='abc', expected a number"),
         ("budget.iterations=0", "budget.iterations must be a positive integer or null, got 0"),
+        ("collapse.window_episodes=0", "window_episodes=0"),
+        ("collapse.entropy_threshold=-1", "entropy_threshold=-1"),
     ],
 )
 def test_bad_cartpole_config_fails_before_work(tmp_path, override, message):
@@ -152,6 +154,13 @@ def test_cartpole_multirun_2x2_completes(tmp_path):
         assert history["grad_variance"].notna().sum() >= 2
         assert len(summary) == 1 and summary["status"].iloc[0] == "complete"
         assert list((job / "wandb").glob("offline-run-*/run-*.wandb"))
+        # collapse columns: verdict at the end, window of 100 episodes = ceil(100 / N) iterations
+        row = summary.iloc[0]
+        n = int(row["n_trajectories"])
+        assert row["collapse_window_episodes"] == 100
+        assert row["collapse_window_iterations"] == -(-100 // n)
+        assert bool(row["collapsed"]) == bool(history["collapsed"].iloc[-1])
+        assert 0.0 <= row["stuck_fraction"] <= 1.0 and row["dips"] >= 0
 
 
 def test_tabular_ascent_exact_vs_estimator(tmp_path):
@@ -169,3 +178,12 @@ def test_tabular_ascent_exact_vs_estimator(tmp_path):
     assert sorted(h["gradient"].iloc[0] for h in histories) == ["exact", "reinforce"]
     for history in histories:
         assert len(history) == 10 and history["expected_return"].notna().all()
+        # suboptimality against J* (non-stationary) and against the best stationary return
+        gap = history["optimal_return"] - history["stationary_return"]
+        assert (gap >= -1e-12).all()
+        assert (
+            history["suboptimality"] - history["suboptimality_stationary"] - gap
+        ).abs().max() < 1e-9
+    for summary in sorted(tmp_path.rglob("summary.parquet")):
+        row = pd.read_parquet(summary).iloc[0]
+        assert row["stationary_return"] <= row["optimal_return"] + 1e-12

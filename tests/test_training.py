@@ -201,16 +201,25 @@ def test_sensible_step_size_beats_the_uniform_policy():
 
 def test_absurd_step_size_is_detected():
     """alpha = 1e4 saturates the softmax after one update; the gradient then vanishes and
-    the policy is frozen near-deterministic at a poor return (entropy collapse)."""
+    the policy is frozen near-deterministic at a poor return: stuck at the end of the run
+    (or diverged)."""
     config = TrainConfig(n_trajectories=10, step_size=1e4, max_iterations=30, seed=0)
     result = _run(config)
     assert result.collapse.collapsed
-    assert result.collapse.reason in ("entropy_collapse", "return_drop", "non_finite")
+    assert result.collapse.reason in ("stuck", "non_finite")
+    summary = result.summary()
+    assert summary["collapsed"] and summary["collapse_reason"] == result.collapse.reason
     if result.status != "diverged":
-        # the frozen plateau: zero entropy, zero gradient, return far from the 500 cap
+        # the frozen plateau: zero entropy, return at or below random play (22.1)
         late = result.history[-10:]
         assert all(h["entropy"] < 0.05 for h in late)
-        assert result.summary()["final_return"] < 100
+        assert summary["final_return"] <= 22.1
+        # the 100-episode window (10 iterations at N = 10) is stuck from then to the end
+        assert result.history[-1]["collapsed"]
+        assert summary["collapse_iteration"] == summary["first_collapse_iteration"]
+        assert summary["stuck_fraction"] == pytest.approx(
+            (len(result.history) - result.collapse.detected_at) / len(result.history)
+        )
     # the same run with a sensible step stays healthy over the same iterations
     healthy = _run(TrainConfig(n_trajectories=10, step_size=1e-4, max_iterations=30, seed=0))
     assert not healthy.collapse.collapsed
@@ -224,13 +233,17 @@ def test_injected_nan_gradient_ends_run_cleanly():
     assert result.status == "diverged"
     assert [h["iteration"] for h in result.history] == [0, 1, 2, 3] and seen == [0, 1, 2, 3]
     assert [h["diverged"] for h in result.history] == [False, False, False, True]
-    assert result.collapse == CollapseStatus(True, 3, "non_finite", 3)
+    assert result.collapse == CollapseStatus(
+        True, 3, "non_finite", 3, first_onset=3, stuck_iterations=1
+    )
     assert math.isnan(result.history[-1]["grad_norm"]) and math.isnan(result.history[-1]["kl"])
     # the NaN step was not applied: parameters are the last finite ones
     assert all(torch.isfinite(v).all() for v in result.final_params.values())
     summary = result.summary()
     assert summary["diverged"] and summary["collapse_reason"] == "non_finite"
+    assert summary["collapsed"] and summary["collapse_iteration"] == 3
     assert summary["iterations"] == 4 and math.isfinite(summary["final_return"])
+    assert result.history[-1]["collapsed"] and not result.history[2]["collapsed"]
 
 
 def test_nan_parameter_set_from_outside_is_caught_before_sampling():
@@ -260,3 +273,28 @@ def test_summary_definitions():
     assert summary["best_return"] == 11.0 and summary["env_steps"] == 120
     empty = TrainResult([], "diverged", CollapseStatus(True, 0, "non_finite", 0)).summary()
     assert math.isnan(empty["final_return"]) and empty["iterations"] == 0
+
+
+def test_summary_reports_the_verdict_at_the_end_and_the_history_of_the_run():
+    """A run that was stuck and climbed out: not collapsed at the end, its first onset and
+    stuck fraction kept."""
+    history = [{"return_mean": 10.0, "env_steps": k} for k in range(10)]
+    status = CollapseStatus(False, None, None, None, first_onset=2, stuck_iterations=4, dips=1)
+    summary = TrainResult(history, "complete", status).summary()
+    assert not summary["collapsed"] and summary["collapse_iteration"] is None
+    assert summary["collapse_reason"] is None and summary["first_collapse_iteration"] == 2
+    assert summary["stuck_fraction"] == pytest.approx(0.4) and summary["dips"] == 1
+    assert summary["dropped_at_end"] is False
+
+
+def test_detector_window_counts_episodes_of_the_batch():
+    """The trainer feeds N episodes per iteration: with a 40-episode window and N = 4 the
+    window is full after 10 iterations, so the absurd-step plateau (frozen from iteration 1)
+    is first flagged at iteration 10 with onset 1."""
+    detector = CollapseDetector(CollapseConfig(window_episodes=40))
+    config = TrainConfig(n_trajectories=4, step_size=1e4, max_iterations=15, seed=0)
+    result = _run(config, detector=detector)
+    assert result.status == "complete"
+    flags = [h["collapsed"] for h in result.history]
+    assert flags == [False] * 10 + [True] * 5
+    assert (result.collapse.iteration, result.collapse.detected_at) == (1, 10)
