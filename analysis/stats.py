@@ -334,7 +334,7 @@ def calibration_rates(calibration: pd.DataFrame, level: float = 0.05) -> pd.Data
     Returns:
         One row per cell: ``n_studies``; ``decided`` (fraction with a verdict, i.e. not
         "insufficient data"); ``kind`` ("size" when the estimator is unbiased there,
-        "power" when it is biased, "" when theory does not say); ``reject_rate`` over
+        "power" when it is biased); ``reject_rate`` over
         all studies ("insufficient data" makes no claim and counts as not rejecting, as
         for any test that may abstain) with its Monte-Carlo ``reject_se`` and
         Clopper–Pearson ``reject_ci_low/high``; ``coverage`` of ``known_relative_bias`` by
@@ -350,7 +350,9 @@ def calibration_rates(calibration: pd.DataFrame, level: float = 0.05) -> pd.Data
         row["n_studies"] = len(cell)
         row["decided"] = len(decided) / len(cell)
         row["known_relative_bias"] = truth
-        row["kind"] = "" if np.isnan(truth) else ("size" if truth == 0 else "power")
+        # NaN truth: biased by theory, by an amount it does not give (normalized at N > 1,
+        # the dropped discount at gamma < 1)
+        row["kind"] = "size" if truth == 0 else "power"
         # 'insufficient data' makes no claim: it counts as not rejecting
         reject = binomial_rate(int((decided["p_value"] < level).sum()), len(cell))
         row.update({f"reject_{k}" if k != "rate" else "reject_rate": v for k, v in reject.items()})

@@ -39,6 +39,7 @@ def study(ctx: JobContext) -> JobOutput:
     names = selected_estimators(cfg.estimator)
     batch_sizes = positive_int_list("n_trajectories", cfg.n_trajectories)
     n_repetitions = positive_int("n_repetitions", cfg.n_repetitions)
+    n_resamples = positive_int("n_resamples", cfg.n_resamples)
     if n_repetitions < 2:
         raise ValueError(f"n_repetitions must be >= 2 to estimate a variance, got {n_repetitions}")
     seed = int(cfg.seed)
@@ -61,6 +62,7 @@ def study(ctx: JobContext) -> JobOutput:
                     true_gradient,
                     confidence=float(cfg.confidence),
                     seed=seed,
+                    n_resamples=n_resamples,
                     constant=estimators.is_constant(name, n),
                 )
                 rows.append({"mdp": mdp.name, "estimator": name, "n_trajectories": n, **metrics})
