@@ -47,6 +47,9 @@ MIN_EFFECTIVE_BATCHES = 20
 #: studies and 95% intervals covering 0 in 99.5-100% of them; the zoo's other MDPs have
 #: nu <= 40 (gridworld ~14, garnet ~36).
 HIGH_DIMENSION = 50.0
+#: Up to this many rows (or K <= D) the test works with the [K, K] Gram matrix of the
+#: centred rows; beyond, with the [D, D] scatter matrix (same eigenvalues, less memory).
+MAX_GRAM_ROWS = 1000
 
 
 def _as_float_array(name: str, value: Any, ndim: int) -> np.ndarray:
@@ -133,9 +136,12 @@ def bias_test(
     q = float(mean @ mean)
     trace = float(spread.sum()) / (n_reps - 1)
 
-    gram = centred @ centred.T  # [K, K]
+    # (K - 1) S = centred^T centred [D, D] and the Gram matrix centred centred^T [K, K]
+    # share their non-zero eigenvalues: the Gram matrix unless K is both large and > D
+    use_gram = n_reps <= max(dim, MAX_GRAM_ROWS)
+    gram = centred @ centred.T if use_gram else centred.T @ centred
     statistic = n_reps * q / trace
-    dof = _effective_dimension(gram, dim)
+    dof = _effective_dimension(gram, n_reps, dim)
     if dof >= HIGH_DIMENSION:
         return _f_bias_test(statistic, dof, n_reps, trace, confidence)
 
@@ -159,8 +165,8 @@ def bias_test(
         direction = mean / math.sqrt(q)
     else:
         _, vectors = np.linalg.eigh(gram)
-        direction = centred.T @ vectors[:, -1]
-        direction /= np.linalg.norm(direction)
+        direction = centred.T @ vectors[:, -1] if use_gram else vectors[:, -1]
+        direction = direction / np.linalg.norm(direction)
     along = resampled @ direction  # u.e_b
 
     def world(theta: float) -> np.ndarray:
@@ -195,13 +201,13 @@ def bias_test(
     }
 
 
-def _effective_dimension(gram: np.ndarray, dim: int) -> float:
+def _effective_dimension(gram: np.ndarray, n_reps: int, dim: int) -> float:
     """``nu = (tr Sigma)^2 / tr(Sigma^2)``, the number of equally noisy axes, in ``[1, D]``.
 
     ``tr(Sigma^2)`` is estimated without bias under normality (Bai and Saranadasa, 1996)
-    from the ``[K, K]`` Gram matrix of the centred rows.
+    from ``gram``, the ``[K, K]`` Gram matrix of the ``K`` centred rows or their ``[D, D]``
+    scatter matrix (the two have the same traces of powers).
     """
-    n_reps = gram.shape[0]
     trace = float(np.trace(gram)) / (n_reps - 1)
     trace_sq = float(np.sum(gram * gram)) / (n_reps - 1) ** 2  # tr(S^2)
     if n_reps > 2:
