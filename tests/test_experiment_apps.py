@@ -187,3 +187,21 @@ def test_tabular_ascent_exact_vs_estimator(tmp_path):
     for summary in sorted(tmp_path.rglob("summary.parquet")):
         row = pd.read_parquet(summary).iloc[0]
         assert row["stationary_return"] <= row["optimal_return"] + 1e-12
+
+
+def test_misspelled_preset_is_an_error_before_any_work(tmp_path):
+    """A typo in experiment=... used to run one job with the default config and exit 0
+    (the group was optional); now Hydra refuses it and lists the presets."""
+    proc = run_app(
+        "cartpole.py",
+        "-m",
+        "experiment=cartpole_smal",
+        "logger=none",
+        f"paths.output_dir={tmp_path}",
+        check=False,
+    )
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "Could not find 'experiment/cartpole_smal'" in output
+    assert "cartpole_small" in output  # the available presets are listed
+    assert not any(tmp_path.iterdir())  # nothing was started
