@@ -235,15 +235,15 @@ def collapse_table(
         key = key if isinstance(key, tuple) else (key,)
         flags = cell[column].astype("boolean").fillna(False).astype(bool)
         k, n = int(flags.sum()), int(flags.size)
-        ci = scipy_stats.binomtest(k, n).proportion_ci(confidence_level=confidence, method="exact")
+        rate = binomial_rate(k, n, confidence)
         rows.append(
             {
                 **dict(zip(by, key, strict=True)),
                 "k": k,
                 "n": n,
-                "probability": k / n,
-                "ci_low": float(ci.low),
-                "ci_high": float(ci.high),
+                "probability": rate["rate"],
+                "ci_low": rate["ci_low"],
+                "ci_high": rate["ci_high"],
             }
         )
     return pd.DataFrame(rows, columns=[*by, "k", "n", "probability", "ci_low", "ci_high"])
@@ -309,12 +309,14 @@ def unbiasedness_verdicts(estimator: pd.DataFrame, level: float = 0.05) -> pd.Da
     return table.reset_index(drop=True)
 
 
-def binomial_rate(successes: int, trials: int) -> dict[str, float]:
-    """A rate, its Monte-Carlo standard error ``sqrt(p (1 - p) / n)`` and 95% Clopper–Pearson CI."""
+def binomial_rate(
+    successes: int, trials: int, confidence: float = DEFAULT_CONFIDENCE
+) -> dict[str, float]:
+    """A rate, its Monte-Carlo standard error ``sqrt(p (1 - p) / n)`` and Clopper–Pearson CI."""
     if trials == 0:
         return {"rate": np.nan, "se": np.nan, "ci_low": np.nan, "ci_high": np.nan}
     rate = successes / trials
-    interval = scipy_stats.binomtest(successes, trials).proportion_ci(0.95, method="exact")
+    interval = scipy_stats.binomtest(successes, trials).proportion_ci(confidence, method="exact")
     return {
         "rate": rate,
         "se": float(np.sqrt(rate * (1 - rate) / trials)),

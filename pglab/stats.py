@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -129,10 +130,22 @@ def bias_test(
     * With ``nu >= HIGH_DIMENSION`` effective axes the bootstrap-t is conservative and the
       F approximation accurate: test and interval are then :func:`_f_bias_test`'s alone.
     """
-    n_reps, dim = errors.shape
     mean = errors.mean(axis=0)
     centred = errors - mean
     spread = np.einsum("kd,kd->k", centred, centred)  # w_k = ||x_k - xbar||^2
+    return _bias_test(mean, centred, spread, confidence, seed, n_resamples)
+
+
+def _bias_test(
+    mean: np.ndarray,
+    centred: np.ndarray,
+    spread: np.ndarray,
+    confidence: float,
+    seed: int,
+    n_resamples: int,
+) -> dict[str, float]:
+    """:func:`bias_test` on ``xbar`` ``[D]``, the centred rows ``[K, D]`` and their ``w_k`` ``[K]``."""
+    n_reps, dim = centred.shape
     q = float(mean @ mean)
     trace = float(spread.sum()) / (n_reps - 1)
 
@@ -182,23 +195,21 @@ def bias_test(
     far = math.sqrt(q) + 10.0 * math.sqrt(trace)  # beyond any plausible ||b||
     low = 0.0
     if quantile(0.0, upper_level) < q:  # 0 rejected: smallest theta whose upper quantile >= q
-        below, above = 0.0, far
-        for _ in range(60):
-            middle = 0.5 * (below + above)
-            below, above = (
-                (below, middle) if quantile(middle, upper_level) >= q else (middle, above)
-            )
-        low = above
-    below, above = low, far  # largest theta whose lower quantile <= q
+        _, low = _bisect(lambda theta: quantile(theta, upper_level) < q, 0.0, far)
+    high, _ = _bisect(lambda theta: quantile(theta, lower_level) <= q, low, far)  # largest such
+    return {"p_value": p_value, "ci_low": low, "ci_high": high, "test_statistic": statistic}
+
+
+def _bisect(below: Callable[[float], bool], low: float, high: float) -> tuple[float, float]:
+    """60 halvings of ``[low, high]`` around the point where ``below(x)`` turns False.
+
+    ``below`` is True left of the boundary and False right of it; returns the final
+    ``(low, high)`` bracket (``high - low`` = the start width / 2^60).
+    """
     for _ in range(60):
-        middle = 0.5 * (below + above)
-        below, above = (middle, above) if quantile(middle, lower_level) <= q else (below, middle)
-    return {
-        "p_value": p_value,
-        "ci_low": low,
-        "ci_high": below,
-        "test_statistic": statistic,
-    }
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if below(middle) else (low, middle)
+    return low, high
 
 
 def _effective_dimension(gram: np.ndarray, n_reps: int, dim: int) -> float:
@@ -245,11 +256,7 @@ def _f_bias_test(
         high = dof * statistic * 4.0 + 50.0
         while cdf(high) > level:
             high *= 2.0
-        low = 0.0
-        for _ in range(60):
-            middle = 0.5 * (low + high)
-            low, high = (middle, high) if cdf(middle) > level else (low, middle)
-        return high
+        return _bisect(lambda lam: cdf(lam) > level, 0.0, high)[1]
 
     def norm(lam: float) -> float:  # ||b|| from lambda = K ||b||^2 / c
         return math.sqrt(lam * scale / n_reps)
@@ -379,7 +386,9 @@ def gradient_estimate_metrics(
         test = {"p_value": nan, "ci_low": nan, "ci_high": nan}
         test["test_statistic"] = n_reps * bias_sq / total_variance
     else:
-        test = bias_test(errors, float(confidence), int(seed), int(n_resamples))
+        test = _bias_test(
+            mean_error, centred, spread, float(confidence), int(seed), int(n_resamples)
+        )
     debiased = (
         bias_norm
         if (all_equal and constant)
