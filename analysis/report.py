@@ -585,29 +585,28 @@ def calibration_section(calibration: pd.DataFrame, confidence: float, level: flo
             rates,
         )
     )
-    if not rates.empty:
-        worst = (
-            rates.groupby(["mdp", "kind"])
-            .agg(
-                max_reject=("reject_rate", "max"),
-                min_reject=("reject_rate", "min"),
-                min_coverage=("coverage", "min"),
-                max_coverage=("coverage", "max"),
-                min_decided=("decided", "min"),
-            )
-            .reset_index()
+    worst = (
+        rates.groupby(["mdp", "kind"])
+        .agg(
+            max_reject=("reject_rate", "max"),
+            min_reject=("reject_rate", "min"),
+            min_coverage=("coverage", "min"),
+            max_coverage=("coverage", "max"),
+            min_decided=("decided", "min"),
         )
-        section.tables.append(
+        .reset_index()
+    )
+    section.tables.append(
+        (
+            "calibration_summary",
             (
-                "calibration_summary",
-                (
-                    "Per MDP: the worst size (max_reject where kind = size), the weakest and "
-                    "strongest power (kind = power), the coverage range, and the smallest "
-                    "decided fraction over its cells."
-                ),
-                worst,
-            )
+                "Per MDP: the worst size (max_reject where kind = size), the weakest and "
+                "strongest power (kind = power), the coverage range, and the smallest "
+                "decided fraction over its cells."
+            ),
+            worst,
         )
+    )
     return section
 
 
