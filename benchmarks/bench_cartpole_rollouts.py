@@ -77,8 +77,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from pglab.policies import make_policy
-from pglab.rollouts import RolloutCollector
+from pglab.gym.policies import make_policy
+from pglab.gym.rollouts import RolloutCollector
 
 ENV_ID = "CartPole-v1"
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -44,7 +43,6 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 B = 100_000
 HORIZON_FACTOR = 3
@@ -56,9 +54,9 @@ TRUTH_FRAC_DETERMINISTIC = 0.95
 def run_one(n: int, alpha: float, seed: int, env_steps: int) -> pd.DataFrame:
     import torch
 
-    from pglab import policies, rollouts
     from pglab.collapse import CollapseConfig, CollapseDetector
-    from pglab.training import TrainConfig, train
+    from pglab.gym import policies, rollouts
+    from pglab.gym.training import TrainConfig, train
 
     torch.set_num_threads(1)
     config = TrainConfig(

@@ -4,7 +4,7 @@ Workload: Garnet MDP (S=20, A=4, branching 3, T=50), softmax policy with random 
 N=100 000 trajectories; the output is the ``[N, S, A]`` float64 tensor of per-trajectory
 REINFORCE gradients ``g_i = R_i sum_t grad log pi(a_t|s_t)``.
 
-* ``pglab``: :func:`pglab.estimators.sample_gradients` (alias tables, blocked, in-cache
+* ``pglab``: :func:`pglab.tabular.estimates.sample_gradients` (alias tables, blocked, in-cache
   per-step work, one float64 uniform per step).
 * ``baseline``: :func:`baseline_sample_gradients` below, the straightforward torch code:
   per step, gather the policy row and the transition row of every trajectory, ``cumsum``
@@ -38,10 +38,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from pglab import estimators, exact, zoo
-from pglab.mdp import TabularMDP
-from pglab.sampling import TrajectoryBatch
-from pglab.tabular_policy import initial_logits, softmax_policy
+from pglab.tabular import estimates, exact, zoo
+from pglab.tabular.mdp import TabularMDP
+from pglab.tabular.policy import initial_logits, softmax_policy
+from pglab.tabular.sampling import TrajectoryBatch
 
 TARGET_RATIO = 2.5
 
@@ -155,7 +155,7 @@ def main() -> None:
     n, horizon = args.n_trajectories, mdp.horizon
     steps = n * horizon
     implementations = {
-        "pglab": lambda seed: estimators.sample_gradients(mdp, logits, n, "reinforce", seed),
+        "pglab": lambda seed: estimates.sample_gradients(mdp, logits, n, "reinforce", seed),
         "baseline": lambda seed: baseline_sample_gradients(mdp, logits, n, seed),
     }
     truth = exact.policy_gradient(mdp, logits)

@@ -23,24 +23,19 @@ Writes ``<run_dir>/calibration.parquet``: one row per (estimator, N, study).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import hydra
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
-
-from experiments.common.job import JobContext, JobOutput, run_job  # noqa: E402
-from experiments.common.tabular import (  # noqa: E402
+from pglab_jobs.job import JobContext, JobOutput, run_job
+from pglab_jobs.tabular import (
     build_logits,
     build_mdp,
     selected_estimators,
 )
-from experiments.validate import positive_int, positive_int_list  # noqa: E402
-from pglab import calibration, exact  # noqa: E402
+from pglab_jobs.validate import positive_int, positive_int_list
+
+from pglab.tabular import calibration, exact
 
 
 def calibrate(ctx: JobContext) -> JobOutput:

@@ -15,20 +15,16 @@ Writes ``history.parquet`` (per iteration), ``summary.parquet`` (one row), optio
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import hydra
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
+from pglab_jobs.job import JobContext, JobOutput, run_job
+from pglab_jobs.validate import positive_int
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
-
-from experiments.common.job import JobContext, JobOutput, run_job  # noqa: E402
-from experiments.validate import positive_int  # noqa: E402
-from pglab import gradient_quality, policies, rollouts  # noqa: E402
-from pglab.collapse import CollapseConfig, CollapseDetector  # noqa: E402
-from pglab.training import TrainConfig, train  # noqa: E402
+from pglab.collapse import CollapseConfig, CollapseDetector
+from pglab.gym import gradient_quality, policies, rollouts
+from pglab.gym.training import TrainConfig, train
 
 
 def train_config(cfg: DictConfig) -> TrainConfig:

@@ -2,7 +2,7 @@
 
 For each batch size N and each estimator, K independent batches of N trajectories give
 K estimates ĝ_N; ``pglab.stats.gradient_estimate_metrics`` compares them with the exact
-∇J from ``pglab.exact``. All estimators share the same sampled trajectories (common
+∇J from ``pglab.tabular.exact``. All estimators share the same sampled trajectories (common
 random numbers), so their differences are not sampling noise between estimators.
 
     python experiments/estimator_variance.py                       # chain MDP, every estimator
@@ -14,23 +14,22 @@ Writes ``<run_dir>/results.parquet`` (one row per estimator × N) and ``metadata
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import hydra
 import pandas as pd
 from omegaconf import DictConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
-
-from experiments.common.job import JobContext, JobOutput, run_job  # noqa: E402
-from experiments.common.tabular import (  # noqa: E402
+from pglab_jobs.job import JobContext, JobOutput, run_job
+from pglab_jobs.tabular import (
     build_logits,
     build_mdp,
     selected_estimators,
 )
-from experiments.validate import positive_int, positive_int_list  # noqa: E402
-from pglab import estimators, exact, stats  # noqa: E402
+from pglab_jobs.validate import positive_int, positive_int_list
+
+from pglab import estimators, stats
+from pglab.tabular import (
+    estimates,
+    exact,
+)
 
 
 def study(ctx: JobContext) -> JobOutput:
@@ -52,7 +51,7 @@ def study(ctx: JobContext) -> JobOutput:
     with ctx.progress(len(batch_sizes), f"{mdp.name}: batch sizes") as bar:
         for index, n in enumerate(sorted(batch_sizes)):
             # seeded by (seed, N): a batch size gives the same numbers whatever the grid
-            batches = estimators.batch_estimates(
+            batches = estimates.batch_estimates(
                 mdp, logits, n, n_repetitions, names, seed=seed * 1_000_003 + n
             )
             logged = {"n_trajectories": n}

@@ -7,25 +7,20 @@ Writes ``history.parquet`` (per iteration), ``summary.parquet`` and ``metadata.j
 ``suboptimality`` is measured against the non-stationary optimum J* (an upper bound a
 stationary policy may not reach), ``suboptimality_stationary`` against the best stationary
 return; ``collapsed`` means stuck at the end of the run (thresholds relative to the best
-stationary return, ``pglab.ascent.tabular_collapse_config``).
+stationary return, ``pglab.tabular.ascent.tabular_collapse_config``).
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import hydra
 import pandas as pd
 from omegaconf import DictConfig
+from pglab_jobs.job import JobContext, JobOutput, run_job
+from pglab_jobs.tabular import build_logits, build_mdp
+from pglab_jobs.validate import finite_positive, positive_int
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
-
-from experiments.common.job import JobContext, JobOutput, run_job  # noqa: E402
-from experiments.common.tabular import build_logits, build_mdp  # noqa: E402
-from experiments.validate import finite_positive, positive_int  # noqa: E402
-from pglab.ascent import tabular_ascent, tabular_collapse_config  # noqa: E402
-from pglab.collapse import CollapseDetector  # noqa: E402
+from pglab.collapse import CollapseDetector
+from pglab.tabular.ascent import tabular_ascent, tabular_collapse_config
 
 
 def experiment(ctx: JobContext) -> JobOutput:

@@ -69,7 +69,7 @@ rule ("a >= 50 % drop from the peak at some point", never reset) had precision 2
 0.59 ([0.42, 0.75]) on the same runs.
 
 For other problems choose the numbers on the problem's own return scale
-(``pglab.ascent.tabular_collapse_config`` does that for tabular MDPs, relative to the
+(``pglab.tabular.ascent.tabular_collapse_config`` does that for tabular MDPs, relative to the
 uniform policy and the best stationary policy). ``poor_return = None`` disables "stuck";
 ``min_peak = math.inf`` disables the dip count (e.g. for negative returns).
 """

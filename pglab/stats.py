@@ -5,8 +5,8 @@ statistics themselves from scipy. The input layout throughout:
 
 * ``estimates``: ``[K, D]`` float, ``K`` independent batch estimates ``ghat_N`` of one
   estimator (each a flattened ``[S, A]`` gradient, ``D = S A``), e.g. a value of
-  :func:`pglab.estimators.batch_estimates` reshaped to ``[K, -1]``;
-* ``truth``: ``[D]`` the exact gradient ``grad J`` (:func:`pglab.exact.policy_gradient`).
+  :func:`pglab.tabular.estimates.batch_estimates` reshaped to ``[K, -1]``;
+* ``truth``: ``[D]`` the exact gradient ``grad J`` (:func:`pglab.tabular.exact.policy_gradient`).
 """
 
 from __future__ import annotations

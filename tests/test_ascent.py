@@ -1,4 +1,4 @@
-"""pglab.ascent: gradient ascent on tabular MDPs, checked against theory and hand values.
+"""pglab.tabular.ascent: gradient ascent on tabular MDPs, checked against theory and hand values.
 
 Main MDP: ``zoo.two_state()`` (T = 3, gamma = 1, stay reward 1 at start, 2 at far). From
 its docstring: uniform logits give J = 2.125 and the optimum is J* = 4 (go, then stay).
@@ -12,11 +12,11 @@ from itertools import pairwise
 import pytest
 import torch
 
-from pglab import exact, zoo
-from pglab.ascent import iteration_seed, tabular_ascent, tabular_collapse_config
 from pglab.collapse import CollapseConfig, CollapseDetector
-from pglab.estimators import sample_gradients
-from pglab.mdp import TabularMDP
+from pglab.tabular import exact, zoo
+from pglab.tabular.ascent import iteration_seed, tabular_ascent, tabular_collapse_config
+from pglab.tabular.estimates import sample_gradients
+from pglab.tabular.mdp import TabularMDP
 
 UNIFORM = torch.zeros(2, 2, dtype=torch.float64)
 

@@ -20,7 +20,9 @@ from conftest import run_app
 from analysis.load import load_results
 from analysis.report import build_report
 from analysis.stats import calibration_rates
-from pglab import calibration, estimators, exact, tabular_policy, zoo
+from pglab import estimators
+from pglab.tabular import calibration, exact, zoo
+from pglab.tabular import policy as tabular_policy
 
 UNBIASED = list(estimators.UNBIASED_ESTIMATORS)
 

@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from pglab import estimators, exact, stats, zoo
-from pglab.estimators import ESTIMATORS, batch_estimates, sample_gradients, step_weights
-from pglab.sampling import sample_trajectories
-from pglab.tabular_policy import initial_logits, softmax_policy
+from pglab import estimators, stats
+from pglab.estimators import ESTIMATORS, step_weights
+from pglab.tabular import exact, zoo
+from pglab.tabular.estimates import batch_estimates, sample_gradients
+from pglab.tabular.policy import initial_logits, softmax_policy
+from pglab.tabular.sampling import sample_trajectories
 
 ALPHA = 1e-3
 
@@ -211,7 +213,7 @@ def test_sample_gradient_rows_equal_autograd_of_the_surrogate(estimator):
 
 
 # ---------------------------------------------------------------------------------------
-# Monte-Carlo (un)biasedness against pglab.exact
+# Monte-Carlo (un)biasedness against pglab.tabular.exact
 # ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("make_mdp", [garnet_discounted, gridworld_terminal, chain_undiscounted])
 def test_unbiased_estimators_match_the_exact_gradient(make_mdp):
@@ -402,9 +404,7 @@ def test_batch_coupled_estimators_are_exactly_zero_at_one_trajectory():
     """With N = 1, R_1 − mean(R) = 0: batch-mean and normalized estimates are exactly 0."""
     mdp = zoo.make("chain")
     logits = initial_logits(mdp.n_states, mdp.n_actions, kind="random", seed=0)
-    batches = estimators.batch_estimates(
-        mdp, logits, 1, 50, ["baseline_batch_mean", "normalized"], seed=0
-    )
-    for name, estimates in batches.items():
-        assert torch.count_nonzero(estimates) == 0, name
-        assert torch.count_nonzero(estimators.sample_gradients(mdp, logits, 1, name)) == 0
+    batches = batch_estimates(mdp, logits, 1, 50, ["baseline_batch_mean", "normalized"], seed=0)
+    for name, batch in batches.items():
+        assert torch.count_nonzero(batch) == 0, name
+        assert torch.count_nonzero(sample_gradients(mdp, logits, 1, name)) == 0

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from pglab import exact, zoo
-from pglab.mdp import TabularMDP
-from pglab.tabular_policy import entropy, initial_logits, softmax_policy
+from pglab.tabular import exact, zoo
+from pglab.tabular.mdp import TabularMDP
+from pglab.tabular.policy import entropy, initial_logits, softmax_policy
 
 REPO = Path(__file__).resolve().parents[1]
 EPS = float(np.finfo(np.float64).eps)
@@ -307,7 +307,7 @@ def test_logits_may_be_lists_arrays_or_float32():
 
 
 # --------------------------------------------------------------------------------------
-# Tabular softmax policy helpers (pglab.tabular_policy), used by the oracle
+# Tabular softmax policy helpers (pglab.tabular.policy), used by the oracle
 # --------------------------------------------------------------------------------------
 def test_softmax_policy_is_a_stable_float64_distribution():
     logits = torch.tensor([[0.0, 0.0, 0.0], [1000.0, 0.0, -1000.0]], dtype=torch.float32)

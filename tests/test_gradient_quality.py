@@ -1,4 +1,4 @@
-"""pglab.gradient_quality: the large-batch reference gradient and batch estimates against it.
+"""pglab.gym.gradient_quality: the large-batch reference gradient and batch estimates against it.
 
 Truths checked, all on CartPole-v1 at initialisation with fixed seeds:
 
@@ -27,7 +27,7 @@ import torch
 from scipy import stats
 
 from pglab import estimators
-from pglab.gradient_quality import (
+from pglab.gym.gradient_quality import (
     PER_EPISODE_ESTIMATORS,
     ReferenceGradient,
     batch_episodes,
@@ -35,8 +35,8 @@ from pglab.gradient_quality import (
     reference_episodes,
     reference_gradient,
 )
-from pglab.gradients import flat_grad, per_episode_gradients, surrogate_loss
-from pglab.policies import make_policy
+from pglab.gym.gradients import flat_grad, per_episode_gradients, surrogate_loss
+from pglab.gym.policies import make_policy
 
 ENV = "CartPole-v1"
 

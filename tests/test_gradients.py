@@ -1,4 +1,4 @@
-"""pglab.gradients: the surrogate's gradient is the REINFORCE sum, computed by hand.
+"""pglab.gym.gradients: the surrogate's gradient is the REINFORCE sum, computed by hand.
 
 For the linear softmax policy pi(.|x) = softmax(W x + b) the score function is known in
 closed form:  grad_W log pi(a|x) = (e_a - pi(.|x)) x^T,  grad_b log pi(a|x) = e_a - pi(.|x).
@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from pglab.gradients import (
+from pglab.gym.gradients import (
     flat_grad,
     flat_params,
     grad_variance,
     per_episode_gradients,
     surrogate_loss,
 )
-from pglab.policies import make_policy
+from pglab.gym.policies import make_policy
 
 ATOL, RTOL = 1e-6, 1e-5
 
@@ -154,7 +154,7 @@ def test_surrogate_on_a_real_cartpole_batch():
     atol = 1e-6 * (1/N) sum_{i,t} |Psi_{i,t}| (1 + |x_{i,t}|_1).
     """
     from pglab.estimators import step_weights
-    from pglab.rollouts import RolloutCollector
+    from pglab.gym.rollouts import RolloutCollector
 
     policy = make_policy("linear", obs_dim=4, n_actions=2, seed=4)
     with RolloutCollector("CartPole-v1", 3, seed=11) as collector:

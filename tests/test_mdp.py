@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from pglab import zoo
-from pglab.mdp import PROBABILITY_TOLERANCE, REWARD_TOLERANCE, TabularMDP
+from pglab.tabular import zoo
+from pglab.tabular.mdp import PROBABILITY_TOLERANCE, REWARD_TOLERANCE, TabularMDP
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "mdps"

@@ -1,4 +1,4 @@
-"""Tests for pglab.policies: shapes, exact identities of the softmax policy, seeding, sampling law."""
+"""Tests for pglab.gym.policies: shapes, exact identities of the softmax policy, seeding, sampling law."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pglab.policies import ACTIVATIONS, CategoricalPolicy, make_policy
+from pglab.gym.policies import ACTIVATIONS, CategoricalPolicy, make_policy
 
 # Binomial z-test bound used below: |z| < 5 where z = (count - n p) / sqrt(n p (1 - p)).
 # Under the null (sampler exact) z is ~N(0, 1) by the CLT, P(|z| >= 5) ~ 6e-7 per check.

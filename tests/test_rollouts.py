@@ -1,4 +1,4 @@
-"""Tests for pglab.rollouts: complete, correctly masked episodes that follow the env's law."""
+"""Tests for pglab.gym.rollouts: complete, correctly masked episodes that follow the env's law."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 from scipy import stats
 
-import pglab.rollouts as rollouts
-from pglab.policies import make_policy
-from pglab.rollouts import EpisodeBatch, RolloutCollector
+import pglab.gym.rollouts as rollouts
+from pglab.gym.policies import make_policy
+from pglab.gym.rollouts import EpisodeBatch, RolloutCollector
 
 # CartPole-v1 draws every component of the initial state from U(-0.05, 0.05).
 RESET_BOUND = 0.05

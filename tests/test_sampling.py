@@ -1,7 +1,7 @@
-"""pglab.sampling: alias tables, the law of sampled trajectories, masking, reproducibility.
+"""pglab.tabular.sampling: alias tables, the law of sampled trajectories, masking, reproducibility.
 
 Statistical tests compare empirical frequencies with exact probabilities from
-``pglab.exact``. Each count is Binomial(N, p); we use the *exact* two-sided binomial
+``pglab.tabular.exact``. Each count is Binomial(N, p); we use the *exact* two-sided binomial
 p-value per cell, 2 min(P(X <= k), P(X >= k)), not the normal approximation, whose tails
 are far too thin for cells with small N p (a count of 126 where 82 are expected has
 normal |z| = 4.9 but exact p = 7.6e-6). Over the m cells tested at once the familywise
@@ -19,14 +19,14 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 
-from pglab import exact, zoo
-from pglab.sampling import (
+from pglab.tabular import estimates, exact, zoo
+from pglab.tabular.policy import initial_logits, softmax_policy
+from pglab.tabular.sampling import (
     TrajectoryBatch,
     TrajectorySampler,
     alias_tables,
     sample_trajectories,
 )
-from pglab.tabular_policy import initial_logits, softmax_policy
 
 ALPHA = 1e-3  # familywise false-alarm rate of every statistical assertion
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_tabular_sampling.py"
@@ -267,10 +267,9 @@ def test_benchmark_baseline_gradients_are_reinforce():
     bench = load_benchmark()
     mdp, logits = bench.workload()
     mdp = mdp.replace(horizon=6)
-    from pglab import estimators
 
     n = 500
-    ours = estimators.sample_gradients(mdp, logits, n, "reinforce", seed=9)
+    ours = estimates.sample_gradients(mdp, logits, n, "reinforce", seed=9)
     batch = sample_trajectories(mdp, softmax_policy(logits), n, torch.Generator().manual_seed(9))
     theirs = bench.reinforce_from_trajectories(mdp, softmax_policy(logits), batch)
     torch.testing.assert_close(theirs, ours, rtol=1e-12, atol=1e-12)

@@ -9,8 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from conftest import PARTITION, SLURM_SKIP_REASON, run_app
-
-from experiments.common import storage
+from pglab_jobs import storage
 
 pytestmark = [
     pytest.mark.slurm,

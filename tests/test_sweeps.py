@@ -13,9 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import REPO, run_app
-
-from experiments.common import storage
-from experiments.common.metadata import job_hash
+from pglab_jobs import storage
+from pglab_jobs.metadata import job_hash
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path):
@@ -205,8 +204,7 @@ def test_failure_while_writing_results_is_recorded_as_failed(tmp_path, monkeypat
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-
-    from experiments.common.job import JobOutput, run_job
+    from pglab_jobs.job import JobOutput, run_job
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(

@@ -1,4 +1,4 @@
-"""pglab.training: the REINFORCE loop on CartPole-v1.
+"""pglab.gym.training: the REINFORCE loop on CartPole-v1.
 
 Facts used below:
 * The uniform random policy on CartPole-v1 returns mu_0 = 22.09 per episode with
@@ -20,10 +20,10 @@ import torch
 
 from pglab.collapse import CollapseConfig, CollapseDetector, CollapseStatus
 from pglab.estimators import step_weights
-from pglab.gradients import flat_grad, surrogate_loss
-from pglab.policies import make_policy
-from pglab.rollouts import RolloutCollector
-from pglab.training import TrainConfig, TrainResult, train
+from pglab.gym.gradients import flat_grad, surrogate_loss
+from pglab.gym.policies import make_policy
+from pglab.gym.rollouts import RolloutCollector
+from pglab.gym.training import TrainConfig, TrainResult, train
 
 UNIFORM_RETURN = 22.09
 METRIC_KEYS = {

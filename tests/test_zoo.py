@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pglab import exact, zoo
-from pglab.mdp import TabularMDP
+from pglab.tabular import exact, zoo
+from pglab.tabular.mdp import TabularMDP
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,6 @@
 """Batched trajectory sampling on a tabular MDP, with alias tables built once per policy.
 
-A trajectory of a :class:`~pglab.mdp.TabularMDP` under a stationary policy ``pi`` is
+A trajectory of a :class:`~pglab.tabular.mdp.TabularMDP` under a stationary policy ``pi`` is
 
     s_0 ~ rho,   a_t ~ pi(. | s_t),   s_{t+1} ~ P(. | s_t, a_t),   t = 0 .. T-1,
 
@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pglab.mdp import PROBABILITY_TOLERANCE, TabularMDP
+from pglab.tabular.mdp import PROBABILITY_TOLERANCE, TabularMDP
 
 __all__ = [
     "BLOCK_STEPS",
@@ -192,8 +192,8 @@ class TrajectorySampler:
     Args:
         mdp: the MDP (CPU float64 tensors).
         policy: ``[S, A]`` action probabilities ``pi(a | s)`` (e.g. from
-            :func:`pglab.tabular_policy.softmax_policy`); entries ``>= -1e-8`` and rows
-            summing to 1 within ``1e-8`` (``pglab.mdp.PROBABILITY_TOLERANCE``).
+            :func:`pglab.tabular.policy.softmax_policy`); entries ``>= -1e-8`` and rows
+            summing to 1 within ``1e-8`` (``pglab.tabular.mdp.PROBABILITY_TOLERANCE``).
 
     Raises:
         ValueError: if ``mdp`` is not a TabularMDP or ``policy`` is malformed (naming the

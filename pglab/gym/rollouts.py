@@ -61,7 +61,7 @@ import torch
 from gymnasium import spaces
 from torch import Tensor
 
-from pglab.policies import CategoricalPolicy
+from pglab.gym.policies import CategoricalPolicy
 
 __all__ = ["EpisodeBatch", "RolloutCollector"]
 

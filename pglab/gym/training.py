@@ -34,15 +34,16 @@ import math
 import numbers
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from pglab import estimators
-from pglab.collapse import CollapseConfig, CollapseDetector, CollapseStatus
-from pglab.gradients import flat_grad, grad_variance, per_episode_gradients, surrogate_loss
+from pglab.collapse import CollapseConfig, CollapseDetector
+from pglab.gym.gradients import flat_grad, grad_variance, per_episode_gradients, surrogate_loss
+from pglab.result import TrainResult
 
 __all__ = ["OPTIMIZERS", "TABULAR_ONLY_ESTIMATORS", "TrainConfig", "TrainResult", "train"]
 
@@ -117,7 +118,7 @@ class TrainConfig:
         if self.estimator in TABULAR_ONLY_ESTIMATORS:
             raise ValueError(
                 f"estimator={self.estimator!r} needs exact tabular values and only runs on a "
-                "TabularMDP (pglab.ascent); choose another estimator for a gym environment"
+                "TabularMDP (pglab.tabular.ascent); choose another estimator for a gym environment"
             )
         estimators.check_estimator(self.estimator)
         if self.optimizer not in OPTIMIZERS:
@@ -144,72 +145,6 @@ class TrainConfig:
             raise ValueError(f"inject_nan_at={self.inject_nan_at!r}, expected >= 0 or None")
 
 
-@dataclass
-class TrainResult:
-    """Outcome of a run.
-
-    Attributes:
-        history: one metrics dict per iteration (see :func:`train` for the keys).
-        status: ``"complete"`` (budget used up or stopped on collapse) or ``"diverged"``
-            (a non-finite loss, gradient or parameter ended the run).
-        collapse: the collapse detector's status at the end of the run.
-        final_params: ``{name: tensor}`` detached CPU copies of the final parameters
-            (non-finite values possible when the parameters themselves diverged).
-        return_key: the history key holding the per-iteration return
-            (``"return_mean"`` here, ``"expected_return"`` for :func:`pglab.ascent.tabular_ascent`).
-    """
-
-    history: list[dict[str, Any]]
-    status: str
-    collapse: CollapseStatus
-    final_params: dict[str, Tensor] = field(default_factory=dict)
-    return_key: str = "return_mean"
-
-    def summary(self) -> dict[str, Any]:
-        """Scalars describing the run.
-
-        * ``final_return``: mean of the per-iteration return over the last min(10, K)
-          iterations (K = number of iterations).
-        * ``auc``: mean of the per-iteration return over all K iterations, i.e. the area
-          under the learning curve (iteration axis) divided by K; comparable across runs
-          with the same K.
-        * ``best_return``: max per-iteration return.
-        * ``collapsed``: the detector's verdict at the END of the run: stuck over the
-          last window, or diverged (see :mod:`pglab.collapse`). A run that was stuck and
-          climbed out is not collapsed.
-        * ``collapse_iteration``: onset of the collapse the run ends in (``None`` if not
-          collapsed); ``collapse_reason``: ``"stuck"``, ``"non_finite"`` or ``None``.
-        * ``first_collapse_iteration``: onset of the first stuck stretch, even if the run
-          later recovered (``None`` if never stuck).
-        * ``stuck_fraction``: fraction of the K iterations whose status was collapsed.
-        * ``dips``: recovered drops (windowed return below half its windowed peak, then
-          back above it); ``dropped_at_end``: inside such a drop at the end.
-        * ``diverged`` (status == "diverged"), ``iterations`` (K), ``env_steps`` (last
-          cumulative value, if recorded).
-
-        Return statistics are NaN for an empty history.
-        """
-        returns = [float(h[self.return_key]) for h in self.history]
-        nan = math.nan
-        return {
-            "final_return": sum(returns[-10:]) / len(returns[-10:]) if returns else nan,
-            "auc": sum(returns) / len(returns) if returns else nan,
-            "best_return": max(returns) if returns else nan,
-            "collapsed": self.collapse.collapsed,
-            "collapse_iteration": self.collapse.iteration,
-            "collapse_reason": self.collapse.reason,
-            "first_collapse_iteration": self.collapse.first_onset,
-            "stuck_fraction": (
-                self.collapse.stuck_iterations / len(self.history) if self.history else nan
-            ),
-            "dips": self.collapse.dips,
-            "dropped_at_end": self.collapse.dropped,
-            "diverged": self.status == "diverged",
-            "iterations": len(self.history),
-            "env_steps": self.history[-1].get("env_steps") if self.history else 0,
-        }
-
-
 def _all_finite(tensors: list[Tensor]) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
@@ -233,8 +168,8 @@ def train(
 
     Args:
         config: the run's settings (validated first; ``ValueError`` before any work).
-        policy: a :class:`pglab.policies.CategoricalPolicy` for the collector's spaces.
-        collector: a :class:`pglab.rollouts.RolloutCollector` (``collect(policy, generator)
+        policy: a :class:`pglab.gym.policies.CategoricalPolicy` for the collector's spaces.
+        collector: a :class:`pglab.gym.rollouts.RolloutCollector` (``collect(policy, generator)
             -> EpisodeBatch``).
         detector: collapse detector; ``None`` uses ``CollapseDetector(CollapseConfig())``
             (CartPole defaults). Its state is reset at the start.

@@ -10,7 +10,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-JOB_STATUS_FILE = "job_status.json"  # written by experiments.common.job
+JOB_STATUS_FILE = "job_status.json"  # written by pglab_jobs.job
 
 
 def sweep_counts(sweep_dir: Path, since: str | None = None) -> dict[str, int]:

@@ -2,7 +2,7 @@
 
 One *study cell* is what the estimator study computes for one (MDP, policy, N): ``K``
 batch estimates ``ghat_N`` of every estimator on shared trajectories
-(:func:`pglab.estimators.batch_estimates`) and their metrics against the exact gradient
+(:func:`pglab.tabular.estimates.batch_estimates`) and their metrics against the exact gradient
 (:func:`pglab.stats.gradient_estimate_metrics`): a p-value for ``H0: E ghat_N = grad J``
 and a confidence interval of ``||E ghat_N - grad J|| / ||grad J||``. Repeating the cell
 with independent seeds and comparing each verdict with the truth theory gives
@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from pglab import estimators, stats
-from pglab.mdp import TabularMDP
+from pglab.tabular import estimates
+from pglab.tabular.mdp import TabularMDP
 
 __all__ = ["VERDICT_KEYS", "study_seed", "study_verdicts"]
 
@@ -61,7 +62,7 @@ def study_verdicts(
 
     Args:
         mdp, logits: the MDP and the ``[S, A]`` softmax logits ``theta``.
-        true_gradient: ``[S * A]`` exact ``grad J(theta)`` (:func:`pglab.exact.solve`).
+        true_gradient: ``[S * A]`` exact ``grad J(theta)`` (:func:`pglab.tabular.exact.solve`).
         n_trajectories: ``N``. study: index of the repetition (seeds it).
         names: estimators (:data:`pglab.estimators.ESTIMATORS`).
         n_repetitions: ``K`` batches per cell. seed: the calibration's base seed.
@@ -73,7 +74,7 @@ def study_verdicts(
         :func:`study_seed` ``(seed, N, study)``, so a row does not depend on the grid.
     """
     cell_seed = study_seed(seed, n_trajectories, study)
-    batches = estimators.batch_estimates(
+    batches = estimates.batch_estimates(
         mdp, logits, n_trajectories, n_repetitions, names, seed=cell_seed
     )
     for name in names:

@@ -31,10 +31,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.common import storage
-from experiments.common.metadata import base_metadata
-from experiments.common.progress import Progress
-from experiments.common.tracking import Tracker
+from pglab_jobs import storage
+from pglab_jobs.metadata import base_metadata
+from pglab_jobs.progress import Progress
+from pglab_jobs.tracking import Tracker
 
 log = logging.getLogger("pglab")
 JOB_STATUS_FILE = "job_status.json"

@@ -12,7 +12,7 @@ in PyTorch the cheapest way to get ghat_N is to differentiate a *surrogate loss*
 holding Psi fixed (it depends on rewards, not on theta): then -grad L = ghat_N, so a
 minimiser stepping along -grad L performs gradient *ascent* theta <- theta + alpha ghat_N.
 
-Shapes follow :class:`pglab.rollouts.EpisodeBatch`: N episodes padded to a common length
+Shapes follow :class:`pglab.gym.rollouts.EpisodeBatch`: N episodes padded to a common length
 T, with ``mask [N, T]`` (bool) marking the real steps. Padded steps never contribute.
 Gradients are in the policy's parameter dtype (float32 by default). Nothing here is random.
 """
@@ -62,9 +62,9 @@ def surrogate_loss(policy: nn.Module, batch: Any, weights: Tensor) -> Tensor:
     L(theta) = -(1/N) sum_{i,t} mask_{i,t} Psi_{i,t} log pi_theta(a_{i,t} | s_{i,t})
 
     Args:
-        policy: a :class:`pglab.policies.CategoricalPolicy` (anything with
+        policy: a :class:`pglab.gym.policies.CategoricalPolicy` (anything with
             ``log_prob(obs [M, obs_dim], actions [M]) -> [M]``).
-        batch: an :class:`pglab.rollouts.EpisodeBatch` (``observations [N, T, obs_dim]``,
+        batch: an :class:`pglab.gym.rollouts.EpisodeBatch` (``observations [N, T, obs_dim]``,
             ``actions [N, T]``, ``mask [N, T]`` bool).
         weights: Psi ``[N, T]`` (tensor or array), treated as constants (detached).
 
@@ -94,7 +94,7 @@ def per_episode_gradients(
 
     Args:
         policy: the policy network; its parameters are not modified.
-        batch: an :class:`pglab.rollouts.EpisodeBatch`.
+        batch: an :class:`pglab.gym.rollouts.EpisodeBatch`.
         weights: Psi ``[N, T]``.
         chunk_size: episodes per vmapped call, >= 1.
 

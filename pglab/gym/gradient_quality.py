@@ -5,7 +5,7 @@ on a gymnasium environment, so it is replaced by a *reference gradient* averaged
 very large number M of episodes, and batch estimates from N << M episodes are compared
 with it, as in Ilyas et al. (2020), "A closer look at deep policy gradients", Sec. 3.
 
-Per-episode gradient (see :mod:`pglab.gradients`):
+Per-episode gradient (see :mod:`pglab.gym.gradients`):
 
     g_i = sum_t Psi_{i,t} grad_theta log pi_theta(a_{i,t} | s_{i,t})          [P]
 
@@ -19,7 +19,7 @@ and its own noise level ``relative_se`` = ||SE|| / ||ghat_ref|| = sqrt(tr Cov(g)
 ||ghat_ref||. Batch quality (:func:`batch_gradient_quality`), for a fresh batch of N
 episodes and any estimator (batch-coupled baselines included):
 
-    ghat_N = -grad L,  L the surrogate of :func:`pglab.gradients.surrogate_loss`
+    ghat_N = -grad L,  L the surrogate of :func:`pglab.gym.gradients.surrogate_loss`
     cosine         = <ghat_N, ghat_ref> / (||ghat_N|| ||ghat_ref||)
     relative_error = ||ghat_N - ghat_ref|| / ||ghat_ref||
 
@@ -33,7 +33,7 @@ Seeding: the episodes are a deterministic function of (policy, ``seed``). Refere
 batches draw from different streams, derived with ``numpy.random.SeedSequence``:
 ``[seed, 0, chunk size]`` for the reference's chunks and ``[seed, 1, N, chunk size]`` for
 the batches of size N. Each stream gives the environment-reset seed of a
-:class:`pglab.rollouts.RolloutCollector` and the seed of the ``torch.Generator`` sampling
+:class:`pglab.gym.rollouts.RolloutCollector` and the seed of the ``torch.Generator`` sampling
 the actions, so the reference and the batches (and batches of different N) use
 statistically independent random numbers, even for equal ``seed``. (For environments
 without a vector entry point, gymnasium seeds copy j with env_seed + j; two 32-bit
@@ -56,10 +56,10 @@ import torch
 from torch import Tensor
 
 from pglab import estimators
-from pglab.gradients import per_episode_gradients, surrogate_loss
-from pglab.policies import CategoricalPolicy
-from pglab.rollouts import EpisodeBatch, RolloutCollector
-from pglab.training import TABULAR_ONLY_ESTIMATORS
+from pglab.gym.gradients import per_episode_gradients, surrogate_loss
+from pglab.gym.policies import CategoricalPolicy
+from pglab.gym.rollouts import EpisodeBatch, RolloutCollector
+from pglab.gym.training import TABULAR_ONLY_ESTIMATORS
 
 __all__ = [
     "PER_EPISODE_ESTIMATORS",
@@ -90,7 +90,7 @@ class ReferenceGradient:
 
     Attributes:
         mean: ghat_ref = (1/M) sum_i g_i, ``[P]`` float64, parameters flattened in
-            ``policy.named_parameters()`` order (as :func:`pglab.gradients.flat_grad`).
+            ``policy.named_parameters()`` order (as :func:`pglab.gym.gradients.flat_grad`).
         standard_error: SE_j = s_j / sqrt(M), ``[P]`` float64, s_j the sample standard
             deviation (divisor M - 1) of coordinate j of the per-episode gradients.
         n_episodes: M.
@@ -312,7 +312,7 @@ def reference_gradient(
     and the per-coordinate sum of squared deviations are merged block by block in float64
     (Chan et al.'s pairwise update: the same as accumulating sum g and sum g^2, without
     their cancellation), and the ``[M, P]`` matrix is never held. Per-episode gradients
-    come from :func:`pglab.gradients.per_episode_gradients` on blocks of 256 episodes of
+    come from :func:`pglab.gym.gradients.per_episode_gradients` on blocks of 256 episodes of
     similar length, each trimmed to its longest episode (much less padding).
     """
     _check_collection(policy, n_episodes, "n_episodes", 2, seed, chunk_episodes, max_episode_steps)
@@ -372,7 +372,7 @@ def batch_gradient_quality(
     :func:`batch_episodes` (fresh, independent of the reference and of the other batches).
     Each batch's weights Psi come from ``estimators.step_weights`` on that batch alone (so
     a batch-coupled baseline sees exactly its N episodes), and ghat_N = -grad L with L the
-    :func:`pglab.gradients.surrogate_loss`.
+    :func:`pglab.gym.gradients.surrogate_loss`.
 
     Args:
         policy: the checkpoint (the one the reference was computed for; not modified).

@@ -5,7 +5,7 @@ the gymnasium toy-text environments.
 Every constructor's docstring is the specification of its MDP: states, actions,
 transitions, rewards, start, episode end, horizon, and why it is worth studying.
 
-All constructors return a validated :class:`~pglab.mdp.TabularMDP` (float64 tensors).
+All constructors return a validated :class:`~pglab.tabular.mdp.TabularMDP` (float64 tensors).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pglab.mdp import TabularMDP
+from pglab.tabular.mdp import TabularMDP
 
 __all__ = [
     "available",

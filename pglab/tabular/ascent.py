@@ -1,4 +1,4 @@
-"""Gradient ascent on a tabular MDP: the exact counterpart of :mod:`pglab.training`.
+"""Gradient ascent on a tabular MDP: the exact counterpart of :mod:`pglab.gym.training`.
 
 Policy: tabular softmax pi_theta(a|s) = softmax(theta[s])_a, logits theta ``[S, A]``
 float64. Update, for k = 0 .. K-1:
@@ -6,9 +6,9 @@ float64. Update, for k = 0 .. K-1:
     theta_{k+1} = theta_k + alpha * ghat_k
 
 with ghat_k either the exact gradient dJ/dtheta(theta_k) from the oracle
-(``gradient="exact"``, :func:`pglab.exact.solve`) or the mean of N sampled per-trajectory
+(``gradient="exact"``, :func:`pglab.tabular.exact.solve`) or the mean of N sampled per-trajectory
 gradients of a named estimator (``gradient=<estimator>``,
-:func:`pglab.estimators.sample_gradients`). Because J(theta_k) is computed exactly at
+:func:`pglab.tabular.estimates.sample_gradients`). Because J(theta_k) is computed exactly at
 every iteration, the learning curve carries no evaluation noise: only the update is
 stochastic.
 
@@ -30,11 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from pglab import estimators, exact
+from pglab import estimators
 from pglab.collapse import CollapseConfig, CollapseDetector
-from pglab.mdp import TabularMDP
-from pglab.tabular_policy import check_logits, entropy
-from pglab.training import TrainResult
+from pglab.result import TrainResult
+from pglab.tabular import estimates, exact
+from pglab.tabular.mdp import TabularMDP
+from pglab.tabular.policy import check_logits, entropy
 
 __all__ = [
     "GRADIENT_EXACT",
@@ -57,7 +58,7 @@ def optimal_action_mask(mdp: TabularMDP, rel_tol: float = 1e-9) -> torch.Tensor:
     """``[T, S, A]`` bool: action a is optimal at (t, s), i.e. Q*_t(s, a) >= V*_t(s) - tol.
 
     Q*_t(s, a) = r(s, a) + gamma sum_{s'} P(s'|s, a) V*_{t+1}(s') from
-    :func:`pglab.exact.optimal_solution`; ties (within tol = rel_tol * max(1, max|V*|))
+    :func:`pglab.tabular.exact.optimal_solution`; ties (within tol = rel_tol * max(1, max|V*|))
     are all optimal, so a state where every action is equally good counts as optimal
     whatever the policy does.
     """
@@ -76,7 +77,7 @@ def tabular_collapse_config(
     """Collapse thresholds on the MDP's own return scale.
 
     With J_u the return of the uniform policy (theta = 0) and J*_stat the best return of a
-    stationary policy (:func:`pglab.exact.best_stationary_return`; NOT the non-stationary
+    stationary policy (:func:`pglab.tabular.exact.best_stationary_return`; NOT the non-stationary
     optimum J*, which a stationary softmax policy may never reach), let
     J_mid = J_u + (J*_stat - J_u) / 2, "half-way from random to the reachable optimum":
 
@@ -132,7 +133,7 @@ def tabular_ascent(
         callback: called with each iteration's metrics dict.
 
     Returns:
-        :class:`pglab.training.TrainResult` with ``return_key="expected_return"`` and
+        :class:`pglab.result.TrainResult` with ``return_key="expected_return"`` and
         ``final_params={"logits": theta_K}``. history[k] describes theta_k and the step
         taken from it:
 
@@ -143,7 +144,7 @@ def tabular_ascent(
           softmax policy may never reach (FrozenLake 4x4: J* = 0.74419, best stationary
           0.74016), so it need not go to 0.
         * ``stationary_return``: J*_stat, the best return of a stationary policy
-          (:func:`pglab.exact.best_stationary_return`); ``suboptimality_stationary``:
+          (:func:`pglab.tabular.exact.best_stationary_return`); ``suboptimality_stationary``:
           J*_stat - J(theta_k), the gap a stationary policy can close (it goes to 0 when
           the ascent converges to the best stationary policy; slightly negative if a
           stochastic stationary policy beats the deterministic reference).
@@ -205,7 +206,7 @@ def tabular_ascent(
         if gradient == GRADIENT_EXACT:
             g = solution.gradient
         else:
-            samples = estimators.sample_gradients(
+            samples = estimates.sample_gradients(
                 mdp, theta, n_trajectories, gradient, iteration_seed(seed, k)
             )
             g = torch.as_tensor(samples, dtype=torch.float64).mean(dim=0)  # [S, A]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.validate import as_list, choice
-from pglab import estimators, tabular_policy, zoo
-from pglab.mdp import TabularMDP
+from pglab import estimators
+from pglab.tabular import policy as tabular_policy
+from pglab.tabular import zoo
+from pglab.tabular.mdp import TabularMDP
+from pglab_jobs.validate import as_list, choice
 
 POLICY_KINDS = ("random", "uniform", "near_deterministic")
 

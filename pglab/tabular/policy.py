@@ -4,7 +4,7 @@ The policy is ``pi_theta(a | s) = exp(theta[s, a]) / sum_b exp(theta[s, b])`` wi
 ``theta`` of shape ``[S, A]``. Its score function, used by every likelihood-ratio
 estimator, is ``d log pi(a|s) / d theta[s', b] = 1[s' = s] (1[b = a] - pi(b | s))``.
 
-Everything here is float64 and on the CPU, to match :class:`pglab.mdp.TabularMDP`.
+Everything here is float64 and on the CPU, to match :class:`pglab.tabular.mdp.TabularMDP`.
 """
 
 from __future__ import annotations

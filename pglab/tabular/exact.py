@@ -1,7 +1,7 @@
 """The exact oracle: values, occupancies, return and policy gradient of a tabular MDP.
 
 For a tabular softmax policy ``pi = softmax(theta)`` on a finite-horizon
-:class:`~pglab.mdp.TabularMDP` everything the estimators try to measure can be computed
+:class:`~pglab.tabular.mdp.TabularMDP` everything the estimators try to measure can be computed
 exactly by dynamic programming, in float64:
 
 * backward (Bellman) recursion, ``V_T = 0``::
@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
-from pglab.mdp import TabularMDP
-from pglab.tabular_policy import check_logits, softmax_policy
+from pglab.tabular.mdp import TabularMDP
+from pglab.tabular.policy import check_logits, softmax_policy
 
 __all__ = [
     "GRADIENT_METHODS",
