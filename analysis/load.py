@@ -42,7 +42,7 @@ import pandas as pd
 METADATA_FILE = "metadata.json"
 FINISHED_STATUSES = ("complete", "diverged")
 # Config keys that say where and how a job reported, not what it computed (they match
-# experiments/common/metadata.py NON_SEMANTIC_KEYS); they never become columns.
+# experiments/pglab_jobs/metadata.py NON_SEMANTIC_KEYS); they never become columns.
 NON_SEMANTIC_PREFIXES = ("paths", "logger", "sweep_name", "progress", "resume", "hydra")
 
 # (experiment, parquet stem) -> attribute of Results

@@ -85,6 +85,10 @@ def real(
     if not math.isfinite(number) or too_low or too_high:
         if math.isinf(low) and math.isinf(high):
             rule = "finite"
+        elif math.isinf(high):
+            rule = f"finite and {'>' if low_open else '>='} {low:g}"
+        elif math.isinf(low):
+            rule = f"finite and {'<' if high_open else '<='} {high:g}"
         else:
             left = "(" if low_open or math.isinf(low) else "["
             right = ")" if high_open or math.isinf(high) else "]"
