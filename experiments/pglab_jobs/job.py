@@ -47,6 +47,7 @@ class JobContext:
     run_dir: Path
     tracker: Tracker
     show_progress: bool = True
+    settings: Any = None  # the app's typed, validated config (what ``validate`` returned)
 
     def progress(self, total: int, desc: str) -> Progress:
         return Progress(total, desc, enabled=self.show_progress)
@@ -97,9 +98,22 @@ def _job_status(run_dir: Path, status: str, **extra: Any) -> None:
     storage.write_json({"status": status, "at": stamp, **extra}, run_dir / JOB_STATUS_FILE)
 
 
-def run_job(cfg: DictConfig, experiment: str, body: Callable[[JobContext], JobOutput]) -> str:
-    """Run ``body`` as one pglab job; return its status (see module docstring)."""
+def run_job(
+    cfg: DictConfig,
+    experiment: str,
+    body: Callable[[JobContext], JobOutput],
+    *,
+    validate: Callable[[DictConfig], Any] | None = None,
+    job_type: str | None = None,
+) -> str:
+    """Run ``body`` as one pglab job; return its status (see module docstring).
+
+    ``validate(cfg)`` checks the whole config before anything is written and returns the
+    app's typed settings (``ctx.settings``); ``job_type`` labels the W&B run (default:
+    ``experiment``; the gymnasium app passes the env, e.g. ``"acrobot"``).
+    """
     start = time.perf_counter()
+    settings = validate(cfg) if validate is not None else None
     torch.set_num_threads(int(cfg.get("threads", 1)))
     config = OmegaConf.to_container(cfg, resolve=True)
     run_dir, multirun, sweep_dir, name, overrides = _hydra_facts()
@@ -127,7 +141,7 @@ def run_job(cfg: DictConfig, experiment: str, body: Callable[[JobContext], JobOu
         project=str(logger_cfg.get("project", "pglab")),
         entity=logger_cfg.get("entity"),
         group=meta["sweep_name"],
-        job_type=experiment,
+        job_type=job_type or experiment,
         name=name,
         tags=[experiment, *list(logger_cfg.get("tags") or [])],
         config=config,
@@ -140,6 +154,7 @@ def run_job(cfg: DictConfig, experiment: str, body: Callable[[JobContext], JobOu
         run_dir=run_dir,
         tracker=tracker,
         show_progress=bool(cfg.get("progress", True)),
+        settings=settings,
     )
     try:
         output = body(context)
