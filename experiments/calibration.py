@@ -27,29 +27,24 @@ import hydra
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
+from pglab_jobs.cli import preflight
+from pglab_jobs.config import CalibrationSettings, validate_calibration
 from pglab_jobs.job import JobContext, JobOutput, run_job
-from pglab_jobs.tabular import (
-    build_logits,
-    build_mdp,
-    selected_estimators,
-)
-from pglab_jobs.validate import positive_int, positive_int_list
+from pglab_jobs.tabular import build_logits
 
 from pglab.tabular import calibration, exact
 
 
 def calibrate(ctx: JobContext) -> JobOutput:
-    cfg = ctx.cfg
-    names = selected_estimators(cfg.estimator)
-    batch_sizes = sorted(positive_int_list("n_trajectories", cfg.n_trajectories))
-    n_repetitions = positive_int("n_repetitions", cfg.n_repetitions)
-    if n_repetitions < 2:
-        raise ValueError(f"n_repetitions must be >= 2 to estimate a variance, got {n_repetitions}")
-    n_studies = positive_int("n_studies", cfg.n_studies)
-    n_resamples = positive_int("n_resamples", cfg.n_resamples)
-    seed = int(cfg.seed)
-    mdp = build_mdp(cfg.mdp)
-    logits = build_logits(cfg.policy, mdp)
+    settings: CalibrationSettings = ctx.settings  # checked by validate_calibration
+    names = list(settings.estimator)
+    batch_sizes = sorted(settings.n_trajectories)
+    n_repetitions = settings.n_repetitions
+    n_studies = settings.n_studies
+    n_resamples = settings.n_resamples
+    seed = settings.seed
+    mdp = settings.mdp.built
+    logits = build_logits(settings.policy, mdp)
     true_gradient = exact.solve(mdp, logits).gradient.flatten()
 
     rows = []
@@ -67,7 +62,7 @@ def calibrate(ctx: JobContext) -> JobOutput:
                         names,
                         n_repetitions=n_repetitions,
                         seed=seed,
-                        confidence=float(cfg.confidence),
+                        confidence=settings.confidence,
                         n_resamples=n_resamples,
                     )
                 )
@@ -77,8 +72,8 @@ def calibrate(ctx: JobContext) -> JobOutput:
     table["seed"] = seed
     table["gamma"] = mdp.gamma
     table["n_repetitions"] = n_repetitions
-    table["confidence"] = float(cfg.confidence)
-    level = 1.0 - float(cfg.confidence)
+    table["confidence"] = settings.confidence
+    level = 1.0 - settings.confidence
     unbiased = table[table["known_relative_bias"] == 0.0]
     decided = unbiased[unbiased["p_value"].notna()]
     summary = {
@@ -91,8 +86,9 @@ def calibrate(ctx: JobContext) -> JobOutput:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="calibration")
 def main(cfg: DictConfig) -> str:
-    return run_job(cfg, "calibration", calibrate)
+    return run_job(cfg, "calibration", calibrate, validate=validate_calibration)
 
 
 if __name__ == "__main__":
+    preflight("calibration", validate_calibration)
     main()

@@ -18,74 +18,63 @@ import math
 
 import hydra
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+from pglab_jobs.cli import preflight
+from pglab_jobs.config import CartPoleSettings, identity, validate_cartpole
 from pglab_jobs.job import JobContext, JobOutput, run_job
-from pglab_jobs.validate import positive_int
 
+from pglab import schema
 from pglab.collapse import CollapseConfig, CollapseDetector
 from pglab.gym import gradient_quality, policies, rollouts
 from pglab.gym.training import TrainConfig, train
 
 
-def train_config(cfg: DictConfig) -> TrainConfig:
-    for key in ("iterations", "env_steps"):  # name the config keys users type
-        value = cfg.budget[key]
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise ValueError(f"budget.{key} must be a positive integer or null, got {value!r}")
+def train_config(settings: CartPoleSettings) -> TrainConfig:
+    """The core's run config, from the validated settings (N from the one n_trajectories)."""
     return TrainConfig(
-        env_id=cfg.env_id,
-        n_trajectories=cfg.n_trajectories,
-        step_size=cfg.step_size,
-        estimator=cfg.estimator,
-        gamma=cfg.gamma,
-        optimizer=cfg.optimizer,
-        momentum=cfg.momentum,
-        max_iterations=cfg.budget.iterations,
-        max_env_steps=cfg.budget.env_steps,
-        variance_every=cfg.variance_every,
-        deterministic_threshold=cfg.deterministic_threshold,
-        seed=cfg.seed,
+        env_id=settings.env_id,
+        n_trajectories=settings.n_trajectories,
+        step_size=settings.step_size,
+        estimator=settings.estimator,
+        gamma=settings.gamma,
+        optimizer=settings.optimizer,
+        momentum=settings.momentum,
+        max_iterations=settings.budget.iterations,
+        max_env_steps=settings.budget.env_steps,
+        variance_every=settings.variance_every,
+        deterministic_threshold=settings.deterministic_threshold,
+        seed=settings.seed,
     )
-
-
-def identity(cfg: DictConfig) -> dict:
-    return {
-        "env_id": cfg.env_id,
-        "estimator": cfg.estimator,
-        "n_trajectories": cfg.n_trajectories,
-        "step_size": cfg.step_size,
-        "optimizer": cfg.optimizer,
-        "seed": cfg.seed,
-    }
 
 
 def measure_gradient_quality(
-    cfg: DictConfig, policy, iteration: int, ctx: JobContext
+    settings: CartPoleSettings, policy, iteration: int, ctx: JobContext
 ) -> list[dict]:
-    gq = cfg.gradient_quality
+    gq = settings.gradient_quality
     reference = gradient_quality.reference_gradient(
         policy,
-        cfg.env_id,
+        settings.env_id,
         n_episodes=gq.reference_episodes,
         estimator=gq.reference_estimator,
-        gamma=cfg.gamma,
-        seed=cfg.seed * 7919 + iteration,
-        max_episode_steps=cfg.max_episode_steps,
+        gamma=settings.gamma,
+        seed=settings.seed * 7919 + iteration,
+        max_episode_steps=settings.max_episode_steps,
     )
     rows = gradient_quality.batch_gradient_quality(
         policy,
-        cfg.env_id,
+        settings.env_id,
         reference,
         batch_sizes=list(gq.batch_sizes),
         n_batches=gq.n_batches,
-        estimator=cfg.estimator,
-        gamma=cfg.gamma,
-        seed=cfg.seed * 7919 + iteration + 1,
-        max_episode_steps=cfg.max_episode_steps,
+        estimator=settings.estimator,
+        gamma=settings.gamma,
+        seed=settings.seed * 7919 + iteration + 1,
+        max_episode_steps=settings.max_episode_steps,
     )
     for row in rows:
+        # the core's n_trajectories is the batch size measured; the table's n_trajectories
+        # is the identity column (the training N), as in every table of this app
+        row["batch_n_trajectories"] = row.pop("n_trajectories")
         row.update(
             checkpoint_iteration=iteration,
             reference_episodes=reference.n_episodes,
@@ -96,39 +85,42 @@ def measure_gradient_quality(
 
 
 def experiment(ctx: JobContext) -> JobOutput:
-    cfg = ctx.cfg
-    config = train_config(cfg)
-    config.validate()  # N, α, estimator, optimizer, budget: fail before any work
-    collapse_config = CollapseConfig(**OmegaConf.to_container(cfg.collapse))
+    settings: CartPoleSettings = ctx.settings  # checked by validate_cartpole
+    n = settings.n_trajectories  # the one N: collector, TrainConfig and collapse window
+    config = train_config(settings)
+    collapse_config = CollapseConfig(
+        window_episodes=settings.collapse.window_episodes,
+        poor_return=settings.collapse.poor_return,
+        entropy_threshold=settings.collapse.entropy_threshold,
+        drop_fraction=settings.collapse.drop_fraction,
+        min_peak=settings.collapse.min_peak,
+    )
     detector = CollapseDetector(collapse_config)
-    checkpoints: set[int] = set()
-    if cfg.gradient_quality.enabled:
-        for c in cfg.gradient_quality.checkpoints:
-            if isinstance(c, bool) or not isinstance(c, int) or c < 0:
-                raise ValueError(f"gradient_quality.checkpoints must be iterations >= 0, got {c!r}")
-        checkpoints = set(cfg.gradient_quality.checkpoints)
-        positive_int("gradient_quality.reference_episodes", cfg.gradient_quality.reference_episodes)
-        positive_int("gradient_quality.n_batches", cfg.gradient_quality.n_batches)
+    gq = settings.gradient_quality
+    checkpoints = set(gq.checkpoints) if gq.enabled else set()
     collector = rollouts.RolloutCollector(
-        cfg.env_id,
-        cfg.n_trajectories,
-        seed=cfg.seed,
-        max_episode_steps=cfg.max_episode_steps,
+        settings.env_id, n, seed=settings.seed, max_episode_steps=settings.max_episode_steps
     )
     policy = policies.make_policy(
-        cfg.policy.kind,
+        settings.policy.kind,
         collector.obs_dim,
         collector.n_actions,
-        hidden_sizes=tuple(cfg.policy.hidden_sizes),
-        activation=cfg.policy.activation,
-        init_scale=cfg.policy.init_scale,
-        seed=cfg.seed,
+        hidden_sizes=settings.policy.hidden_sizes,
+        activation=settings.policy.activation,
+        init_scale=settings.policy.init_scale,
+        seed=settings.seed,
     )
     quality_rows: list[dict] = []
-    total = cfg.budget.iterations or 0
-    bar = ctx.progress(total or 1, f"N={cfg.n_trajectories} α={cfg.step_size} seed={cfg.seed}")
+    budget = settings.budget
+    # The bar counts env steps when the budget is in env steps (the presets' choice; the
+    # last batch may overshoot, the bar stops at its total), iterations otherwise.
+    in_env_steps = budget.env_steps is not None and budget.iterations is None
+    total = budget.env_steps if in_env_steps else budget.iterations
+    bar = ctx.progress(total, f"N={n} α={settings.step_size} seed={settings.seed}")
+    steps_so_far = 0
 
     def on_iteration(metrics: dict) -> None:
+        nonlocal steps_so_far
         k = int(metrics["iteration"])
         ctx.tracker.log(
             {
@@ -138,19 +130,25 @@ def experiment(ctx: JobContext) -> JobOutput:
             },
             step=k,
         )
-        bar.update(1 if total else 0, postfix=f"return {metrics['return_mean']:.1f}")
+        if in_env_steps:
+            env_steps = int(metrics["env_steps"])
+            advance = min(env_steps, total) - min(steps_so_far, total)
+            steps_so_far = env_steps
+        else:
+            advance = 1
+        bar.update(advance, postfix=f"return {metrics['return_mean']:.1f}")
         if k + 1 in checkpoints:  # checkpoint c = after c updates
-            quality_rows.extend(measure_gradient_quality(cfg, policy, k + 1, ctx))
+            quality_rows.extend(measure_gradient_quality(settings, policy, k + 1, ctx))
 
     try:
         if 0 in checkpoints:
-            quality_rows.extend(measure_gradient_quality(cfg, policy, 0, ctx))
+            quality_rows.extend(measure_gradient_quality(settings, policy, 0, ctx))
         result = train(config, policy, collector, detector=detector, callback=on_iteration)
     finally:
         bar.close()
         collector.close()
 
-    ident = identity(cfg)
+    ident = identity(schema.CARTPOLE, settings)
     history = pd.DataFrame(result.history)
     for key, value in ident.items():
         history[key] = value
@@ -159,13 +157,13 @@ def experiment(ctx: JobContext) -> JobOutput:
         **result.summary(),
         "status": result.status,
         "collapse_window_episodes": collapse_config.window_episodes,
-        "collapse_window_iterations": collapse_config.window_iterations(config.n_trajectories),
+        "collapse_window_iterations": collapse_config.window_iterations(n),
     }
     tables = {"history": history, "summary": pd.DataFrame([summary])}
     if quality_rows:
-        quality = pd.DataFrame(quality_rows)  # its n_trajectories is the batch size N
+        quality = pd.DataFrame(quality_rows)
         for key, value in ident.items():
-            quality["train_n_trajectories" if key == "n_trajectories" else key] = value
+            quality[key] = value
         tables["gradient_quality"] = quality
     scalar_summary = {
         k: v for k, v in summary.items() if isinstance(v, int | float | str | bool) or v is None
@@ -179,8 +177,11 @@ def experiment(ctx: JobContext) -> JobOutput:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="cartpole")
 def main(cfg: DictConfig) -> str:
-    return run_job(cfg, "cartpole", experiment)
+    # W&B job type and output directories (conf/cartpole.yaml) name the env: "acrobot"
+    job_type = schema.env_slug(str(cfg.get("env_id")))
+    return run_job(cfg, "cartpole", experiment, validate=validate_cartpole, job_type=job_type)
 
 
 if __name__ == "__main__":
+    preflight("cartpole", validate_cartpole)
     main()

@@ -17,13 +17,10 @@ from __future__ import annotations
 import hydra
 import pandas as pd
 from omegaconf import DictConfig
+from pglab_jobs.cli import preflight
+from pglab_jobs.config import EstimatorVarianceSettings, validate_estimator_variance
 from pglab_jobs.job import JobContext, JobOutput, run_job
-from pglab_jobs.tabular import (
-    build_logits,
-    build_mdp,
-    selected_estimators,
-)
-from pglab_jobs.validate import positive_int, positive_int_list
+from pglab_jobs.tabular import build_logits
 
 from pglab import estimators, stats
 from pglab.tabular import (
@@ -33,17 +30,14 @@ from pglab.tabular import (
 
 
 def study(ctx: JobContext) -> JobOutput:
-    cfg = ctx.cfg
-    # Validate everything before any sampling.
-    names = selected_estimators(cfg.estimator)
-    batch_sizes = positive_int_list("n_trajectories", cfg.n_trajectories)
-    n_repetitions = positive_int("n_repetitions", cfg.n_repetitions)
-    n_resamples = positive_int("n_resamples", cfg.n_resamples)
-    if n_repetitions < 2:
-        raise ValueError(f"n_repetitions must be >= 2 to estimate a variance, got {n_repetitions}")
-    seed = int(cfg.seed)
-    mdp = build_mdp(cfg.mdp)
-    logits = build_logits(cfg.policy, mdp)
+    settings: EstimatorVarianceSettings = ctx.settings  # checked by validate_estimator_variance
+    names = list(settings.estimator)
+    batch_sizes = list(settings.n_trajectories)
+    n_repetitions = settings.n_repetitions
+    n_resamples = settings.n_resamples
+    seed = settings.seed
+    mdp = settings.mdp.built
+    logits = build_logits(settings.policy, mdp)
     truth = exact.solve(mdp, logits)
     true_gradient = truth.gradient.flatten()
 
@@ -59,7 +53,7 @@ def study(ctx: JobContext) -> JobOutput:
                 metrics = stats.gradient_estimate_metrics(
                     batches[name].reshape(n_repetitions, -1),
                     true_gradient,
-                    confidence=float(cfg.confidence),
+                    confidence=settings.confidence,
                     seed=seed,
                     n_resamples=n_resamples,
                     constant=estimators.is_constant(name, n),
@@ -89,7 +83,7 @@ def study(ctx: JobContext) -> JobOutput:
     table["horizon"] = mdp.horizon
     table["n_states"] = mdp.n_states
     table["n_actions"] = mdp.n_actions
-    table["policy_kind"] = cfg.policy.kind
+    table["policy_kind"] = settings.policy.kind
     table["true_return"] = truth.expected_return
     table["true_gradient"] = [true_gradient.tolist()] * len(table)
     summary = {
@@ -107,8 +101,9 @@ def study(ctx: JobContext) -> JobOutput:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="estimator_variance")
 def main(cfg: DictConfig) -> str:
-    return run_job(cfg, "estimator_variance", study)
+    return run_job(cfg, "estimator_variance", study, validate=validate_estimator_variance)
 
 
 if __name__ == "__main__":
+    preflight("estimator_variance", validate_estimator_variance)
     main()

@@ -15,25 +15,24 @@ from __future__ import annotations
 import hydra
 import pandas as pd
 from omegaconf import DictConfig
+from pglab_jobs.cli import preflight
+from pglab_jobs.config import TabularAscentSettings, identity, validate_tabular_ascent
 from pglab_jobs.job import JobContext, JobOutput, run_job
-from pglab_jobs.tabular import build_logits, build_mdp
-from pglab_jobs.validate import finite_positive, positive_int
+from pglab_jobs.tabular import build_logits
 
+from pglab import schema
 from pglab.collapse import CollapseDetector
 from pglab.tabular.ascent import tabular_ascent, tabular_collapse_config
 
 
 def experiment(ctx: JobContext) -> JobOutput:
-    cfg = ctx.cfg
-    step_size = finite_positive("step_size", cfg.step_size)
-    n_iterations = positive_int("n_iterations", cfg.n_iterations)
-    n_trajectories = positive_int("n_trajectories", cfg.n_trajectories)
-    mdp = build_mdp(cfg.mdp)
-    logits0 = build_logits(cfg.policy, mdp)
-    detector = CollapseDetector(
-        tabular_collapse_config(mdp, window=positive_int("collapse_window", cfg.collapse_window))
-    )
-    with ctx.progress(n_iterations, f"{mdp.name} α={step_size} {cfg.gradient}") as bar:
+    settings: TabularAscentSettings = ctx.settings  # checked by validate_tabular_ascent
+    step_size = settings.step_size
+    n_iterations = settings.n_iterations
+    mdp = settings.mdp.built
+    logits0 = build_logits(settings.policy, mdp)
+    detector = CollapseDetector(tabular_collapse_config(mdp, window=settings.collapse_window))
+    with ctx.progress(n_iterations, f"{mdp.name} α={step_size} {settings.gradient}") as bar:
 
         def on_iteration(metrics: dict) -> None:
             ctx.tracker.log(
@@ -51,19 +50,20 @@ def experiment(ctx: JobContext) -> JobOutput:
             logits0,
             step_size,
             n_iterations,
-            gradient=cfg.gradient,
-            n_trajectories=n_trajectories,
-            seed=int(cfg.seed),
+            gradient=settings.gradient,
+            n_trajectories=settings.n_trajectories,
+            seed=settings.seed,
             detector=detector,
             callback=on_iteration,
         )
-    ident = {
-        "mdp": mdp.name,
-        "gradient": cfg.gradient,
-        "n_trajectories": n_trajectories if cfg.gradient != "exact" else 0,
-        "step_size": step_size,
-        "seed": int(cfg.seed),
-    }
+    # the exact gradient samples nothing: N is recorded as 0
+    exact = settings.gradient == "exact"
+    ident = identity(
+        schema.TABULAR_ASCENT,
+        settings,
+        mdp=mdp.name,
+        n_trajectories=0 if exact else settings.n_trajectories,
+    )
     history = pd.DataFrame(result.history).assign(**ident)
     last = result.history[-1]
     summary = {
@@ -83,8 +83,9 @@ def experiment(ctx: JobContext) -> JobOutput:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="tabular_ascent")
 def main(cfg: DictConfig) -> str:
-    return run_job(cfg, "tabular_ascent", experiment)
+    return run_job(cfg, "tabular_ascent", experiment, validate=validate_tabular_ascent)
 
 
 if __name__ == "__main__":
+    preflight("tabular_ascent", validate_tabular_ascent)
     main()

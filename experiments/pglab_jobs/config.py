@@ -1,0 +1,582 @@
+"""Each app's config, declared once and checked once at the boundary.
+
+One frozen dataclass per app (:class:`EstimatorVarianceSettings`,
+:class:`CalibrationSettings`, :class:`CartPoleSettings`, :class:`TabularAscentSettings`)
+lists every key the app reads, its one-line doc and its check (:func:`key`, built on
+:mod:`pglab.checks`); nested dataclasses are the config's groups (``budget``, ``policy``,
+...). ``validate_<app>(cfg)`` reads the composed Hydra config into that dataclass, so
+``ctx.settings`` holds plain, checked Python values and the app bodies check nothing
+themselves. It runs twice on the same config: in the pre-flight (:mod:`pglab_jobs.cli`)
+before Hydra creates any directory, and in ``run_job`` for every job (in a sweep a bad
+value fails that job only).
+
+Every error is a :class:`pglab.checks.ConfigError` with one line naming the key as users
+type it (``budget.env_steps``, ``gradient_quality.checkpoints[1]``), the value and what
+is allowed. The YAML files in ``conf/`` hold the defaults and nothing else:
+``tests/test_config.py`` checks that every key of every composed default config is
+declared here and every declared key has a default there. The keys that say where and how
+a job runs (``paths``, ``logger``, the ``hydra`` node) belong to the job runtime
+(:mod:`pglab_jobs.job`) and are not declared here. A key added on the command line with
+``+key=value`` that no app declares is left alone (recorded, never read).
+
+Importing this module registers the ``pglab_env_slug`` OmegaConf resolver
+(``${pglab_env_slug:${env_id}}`` -> ``acrobot``), which conf/cartpole.yaml uses to name
+output directories after the env; apps import this module before Hydra composes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pglab import checks, estimators, schema
+from pglab.checks import ConfigError
+from pglab.gym import gradient_quality, policies, training
+from pglab.tabular import policy as tabular_policy
+from pglab.tabular import zoo
+
+__all__ = [
+    "CalibrationSettings",
+    "CartPoleSettings",
+    "ConfigError",
+    "EstimatorVarianceSettings",
+    "TabularAscentSettings",
+    "VALIDATORS",
+    "declared_keys",
+    "identity",
+    "validate_calibration",
+    "validate_cartpole",
+    "validate_estimator_variance",
+    "validate_tabular_ascent",
+]
+
+if not OmegaConf.has_resolver("pglab_env_slug"):
+    OmegaConf.register_new_resolver("pglab_env_slug", schema.env_slug)
+
+
+# ---------------------------------------------------------------------------------------
+# Declaring keys
+# ---------------------------------------------------------------------------------------
+Check = Callable[[str, Any], Any]
+
+
+def key(doc: str, check: Check) -> Any:
+    """A config key: its one-line doc and ``check(dotted_name, value) -> typed value``."""
+    return field(metadata={"doc": doc, "check": check})
+
+
+def group(doc: str, settings: type) -> Any:
+    """A nested group of keys (``budget.iterations``, ...), read into ``settings``."""
+    return field(metadata={"doc": doc, "group": settings})
+
+
+def _optional(check: Check) -> Check:
+    """``check`` that also accepts ``null`` (None)."""
+
+    def optional(name: str, value: Any) -> Any:
+        return None if value is None else check(name, value)
+
+    return optional
+
+
+def _boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _int_list(check: Check) -> Check:
+    """A list (a single value is a list of one) whose items each pass ``check``."""
+
+    def int_list(name: str, value: Any) -> tuple:
+        items = checks.non_empty(name, value if isinstance(value, list | tuple) else [value])
+        if len(items) == 1 and not isinstance(value, list | tuple):
+            return (check(name, items[0]),)
+        return tuple(check(f"{name}[{i}]", item) for i, item in enumerate(items))
+
+    return int_list
+
+
+def _sizes(name: str, value: Any) -> tuple[int, ...]:
+    """Hidden-layer widths: a list of positive integers (may be empty)."""
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{name} must be a list of positive integers, got {value!r}")
+    return tuple(checks.positive_int(f"{name}[{i}]", v) for i, v in enumerate(value))
+
+
+def _non_negative_int(name: str, value: Any) -> int:
+    return checks.integer(name, value, minimum=0)
+
+
+def _real(name: str, value: Any) -> float:
+    return checks.real(name, value)
+
+
+def _non_negative(name: str, value: Any) -> float:
+    return checks.real(name, value, 0.0)
+
+
+def _peak(name: str, value: Any) -> float:
+    """> 0; ``inf`` is allowed (it disables the dip count)."""
+    if isinstance(value, float) and value == math.inf:
+        return value
+    return checks.positive_real(name, value)
+
+
+def _choice(options: Sequence[str]) -> Check:
+    def choice(name: str, value: Any) -> str:
+        return checks.one_of(name, value, options)
+
+    return choice
+
+
+def _estimator_names(name: str, value: Any) -> tuple[str, ...]:
+    """``all`` | one estimator name | a list of names."""
+    if value == "all":
+        return tuple(estimators.ESTIMATORS)
+    items = checks.non_empty(name, value if isinstance(value, list | tuple) else [value])
+    return tuple(checks.one_of(name, item, (*estimators.ESTIMATORS,)) for item in items)
+
+
+def _step_size(name: str, value: Any) -> float:
+    return checks.positive_real(name, value)
+
+
+def _gym_step_size(name: str, value: Any) -> float:
+    # Parameters are float32: alpha above float32's maximum overflows on the first update.
+    return checks.positive_real(name, value, maximum=checks.FLOAT32_MAX)
+
+
+def _open_unit(name: str, value: Any) -> float:
+    return checks.real(name, value, 0.0, 1.0, low_open=True, high_open=True)
+
+
+def _half_open_unit(name: str, value: Any) -> float:
+    return checks.real(name, value, 0.0, 1.0, high_open=True)
+
+
+def _repetitions(name: str, value: Any) -> int:
+    # a variance needs two batches
+    return checks.integer(name, value, minimum=2)
+
+
+# ---------------------------------------------------------------------------------------
+# Reading a DictConfig into a declaration
+# ---------------------------------------------------------------------------------------
+def _plain(value: Any) -> Any:
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _get(node: DictConfig, name: str, dotted: str) -> Any:
+    if name not in node and not OmegaConf.is_missing(node, name):
+        raise ConfigError(f"{dotted} is missing from the config")
+    if OmegaConf.is_missing(node, name):
+        raise ConfigError(f"{dotted} is required (it has no default)")
+    try:
+        return _plain(node[name])
+    except OmegaConfBaseException as error:
+        message = str(error).splitlines()[0]
+        raise ConfigError(f"{dotted} cannot be resolved: {message}") from None
+
+
+def _read(settings: type, node: Any, prefix: str = "") -> Any:
+    """``settings(**checked values)`` from the DictConfig ``node`` (keys under ``prefix``)."""
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{prefix.rstrip('.')} must be a group of keys, got {_plain(node)!r}")
+    values = {}
+    for item in dataclasses.fields(settings):
+        if "doc" not in item.metadata:
+            continue  # derived, not a config key
+        dotted = f"{prefix}{item.name}"
+        if "group" in item.metadata:
+            child = node.get(item.name) if item.name in node else None
+            if child is None:
+                raise ConfigError(f"{dotted} is missing from the config")
+            values[item.name] = _read(item.metadata["group"], child, f"{dotted}.")
+        else:
+            values[item.name] = item.metadata["check"](dotted, _get(node, item.name, dotted))
+    return settings(**values)
+
+
+def declared_keys(settings: type, prefix: str = "") -> dict[str, str]:
+    """Every declared key of ``settings`` as ``{dotted key: one-line doc}`` (groups expanded)."""
+    keys: dict[str, str] = {}
+    for item in dataclasses.fields(settings):
+        if "group" in item.metadata:
+            keys.update(declared_keys(item.metadata["group"], f"{prefix}{item.name}."))
+        elif "doc" in item.metadata:
+            keys[f"{prefix}{item.name}"] = item.metadata["doc"]
+    return keys
+
+
+# ---------------------------------------------------------------------------------------
+# Keys every app has
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """Keys shared by every app (how a job runs, and its seed)."""
+
+    task_name: str = key("directory name of the app's runs: <output_dir>/runs/<task_name>/", _text)
+    sweep_name: str = key(
+        "multiruns land in <output_dir>/multirun/<task_name>/<sweep_name>/", _text
+    )
+    resume: bool = key("in a multirun, skip jobs whose results are already complete", _boolean)
+    progress: bool = key("progress bar on a terminal, log lines otherwise", _boolean)
+    threads: int = key(
+        "torch intra-op threads (1 keeps parallel jobs off each other)", checks.positive_int
+    )
+    seed: int = key(
+        "seeds every random draw of the job; same config + seed, same numbers", checks.seed
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Tabular apps: an MDP and the softmax logits theta[s, a]
+# ---------------------------------------------------------------------------------------
+MDP_FILE_SUFFIXES = (".yaml", ".yml", ".npz")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MDPSettings:
+    """``mdp.name`` and the other ``mdp.*`` keys: the arguments of ``zoo.make(name, ...)``.
+
+    The keys of each MDP are declared once, by its constructor in :mod:`pglab.tabular.zoo`
+    (defaults in ``conf/mdp/<preset>.yaml``); the zoo checks their values. ``built`` is the
+    MDP itself, made once here (cheap for the zoo) so a bad value fails before any work.
+    """
+
+    name: str
+    params: dict[str, Any]
+    built: Any = field(default=None, compare=False, repr=False)
+
+
+def _mdp(node: Any) -> MDPSettings:
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"mdp must be a group of keys (mdp=chain, mdp.horizon=10), got {node!r}")
+    name = checks.one_of("mdp.name", _get(node, "name", "mdp.name"), zoo.available())
+    constructor = getattr(zoo, name)
+    known = list(inspect.signature(constructor).parameters)
+    params: dict[str, Any] = {}
+    for param in node:
+        if param == "name":
+            continue
+        if param not in known:
+            hint = checks.did_you_mean(str(param), known)
+            raise ConfigError(
+                f"mdp.{param} is not a parameter of mdp={name}{hint}; "
+                f"it takes: {', '.join(known) or 'nothing'}"
+            )
+        if name == "file" and param == "path" and OmegaConf.is_missing(node, "path"):
+            raise ConfigError(
+                "mdp.path is required with mdp=file: a .yaml or .npz file "
+                "(e.g. mdp.path=examples/mdps/two_state.yaml)"
+            )
+        params[str(param)] = _get(node, str(param), f"mdp.{param}")
+    if name == "file":
+        path = params.get("path")
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"mdp.path must be the path of a .yaml or .npz file, got {path!r}")
+        if Path(path).suffix.lower() not in MDP_FILE_SUFFIXES:
+            raise ConfigError(f"mdp.path must be a .yaml, .yml or .npz file, got {path!r}")
+        if not Path(path).is_file():
+            raise ConfigError(f"mdp.path={path!r}: no such file")
+    if "horizon" in params:
+        params["horizon"] = _optional(checks.positive_int)("mdp.horizon", params["horizon"])
+    if "gamma" in params:
+        params["gamma"] = checks.discount("mdp.gamma", params["gamma"])
+    try:
+        built = zoo.make(name, **params)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, OSError) as error:
+        message = " ".join(str(error).split())
+        raise ConfigError(f"mdp={name}: {message}") from None
+    return MDPSettings(name=name, params=params, built=built)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogitsSettings:
+    """The softmax logits theta[s, a] at which gradients are measured (or ascent starts)."""
+
+    kind: str = key(
+        "random (scale x N(0,1)) | uniform (theta = 0) | near_deterministic",
+        _choice(tabular_policy.LOGIT_KINDS),
+    )
+    scale: float = key("scale of the random / near-deterministic logits, >= 0", _non_negative)
+    seed: int = key("seed of the random logits", checks.seed)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _TabularSettings(RunSettings):
+    policy: LogitsSettings = group("initial softmax logits", LogitsSettings)
+    mdp: MDPSettings = field(
+        metadata={"doc": "the MDP: mdp=<preset>, mdp.<param>=value", "mdp": True}
+    )
+
+
+def _read_tabular(settings: type, cfg: DictConfig) -> Any:
+    """Like :func:`_read`, plus the ``mdp`` group (its keys are the zoo constructor's)."""
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"the config must be a mapping of keys, got {cfg!r}")
+    values = {}
+    for item in dataclasses.fields(settings):
+        if item.metadata.get("mdp"):
+            values[item.name] = _mdp(cfg.get("mdp"))
+        elif "group" in item.metadata:
+            child = cfg.get(item.name) if item.name in cfg else None
+            if child is None:
+                raise ConfigError(f"{item.name} is missing from the config")
+            values[item.name] = _read(item.metadata["group"], child, f"{item.name}.")
+        elif "doc" in item.metadata:
+            values[item.name] = item.metadata["check"](item.name, _get(cfg, item.name, item.name))
+    return settings(**values)
+
+
+# ---------------------------------------------------------------------------------------
+# The apps
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class EstimatorVarianceSettings(_TabularSettings):
+    """experiments/estimator_variance.py: bias / variance / MSE of every estimator vs N."""
+
+    estimator: tuple[str, ...] = key("all | one estimator name | a list of names", _estimator_names)
+    n_trajectories: tuple[int, ...] = key(
+        "batch sizes N (a list of positive integers)", _int_list(checks.positive_int)
+    )
+    n_repetitions: int = key(
+        "K independent batches per N (>= 2: a variance needs two)", _repetitions
+    )
+    confidence: float = key("level of the bias interval, in (0, 1)", _open_unit)
+    n_resamples: int = key("bootstrap resamples of the test and the interval", checks.positive_int)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CalibrationSettings(EstimatorVarianceSettings):
+    """experiments/calibration.py: re-run study cells n_studies times to calibrate verdicts."""
+
+    n_studies: int = key("independent repetitions of each study cell", checks.positive_int)
+
+
+GRADIENT_EXACT = "exact"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TabularAscentSettings(_TabularSettings):
+    """experiments/tabular_ascent.py: theta <- theta + alpha g on a tabular MDP, exact J."""
+
+    gradient: str = key(
+        "exact | an estimator name (the gradient each step uses)",
+        _choice((GRADIENT_EXACT, *estimators.ESTIMATORS)),
+    )
+    n_trajectories: int = key("N per iteration when gradient is an estimator", checks.positive_int)
+    step_size: float = key("alpha, finite and > 0", _step_size)
+    n_iterations: int = key("number of updates", checks.positive_int)
+    collapse_window: int = key(
+        "trailing window (iterations) over which 'stuck' is judged", checks.positive_int
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class GymPolicySettings:
+    """The categorical policy network on a gymnasium env."""
+
+    kind: str = key("mlp | linear", _choice(policies.POLICY_KINDS))
+    hidden_sizes: tuple[int, ...] = key("widths of the MLP's hidden layers", _sizes)
+    activation: str = key(
+        "tanh | relu | elu | gelu | silu | leaky_relu",
+        _choice(tuple(policies.ACTIVATIONS)),
+    )
+    init_scale: float = key("multiplies the output layer's initial values (0: uniform)", _real)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BudgetSettings:
+    """Stop at whichever comes first; null disables one (at least one must be set)."""
+
+    iterations: int | None = key("updates (null: no limit)", _optional(checks.positive_int))
+    env_steps: int | None = key(
+        "environment steps (null: no limit; the last batch may overshoot)",
+        _optional(checks.positive_int),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class CollapseSettings:
+    """Thresholds of the collapse detector (pglab/collapse.py)."""
+
+    window_episodes: int = key("trailing window in episodes", checks.positive_int)
+    poor_return: float | None = key(
+        "stuck: window mean return <= this (null disables)", _optional(_real)
+    )
+    entropy_threshold: float = key("... and window mean entropy < this (nats), >= 0", _non_negative)
+    drop_fraction: float = key(
+        "dips: windowed return < drop_fraction x its peak, in (0, 1]",
+        lambda name, value: checks.probability(name, value, open_low=True),
+    )
+    min_peak: float = key("dips count once the windowed peak reached this (> 0, inf: never)", _peak)
+
+
+def _reference_episodes(name: str, value: Any) -> int:
+    return checks.integer(name, value, minimum=2)  # a standard error needs two episodes
+
+
+@dataclass(frozen=True, kw_only=True)
+class GradientQualitySettings:
+    """Cosine / relative error of batch gradients to a large reference, at checkpoints."""
+
+    enabled: bool = key("measure gradient quality at all", _boolean)
+    checkpoints: tuple[int, ...] = key(
+        "iterations at which to measure (0 = before the first update)",
+        _int_list(_non_negative_int),
+    )
+    reference_episodes: int = key(
+        "episodes M of the reference gradient (>= 2)", _reference_episodes
+    )
+    reference_estimator: str = key(
+        "reinforce | reward_to_go (per-episode weights, so the SE holds)",
+        _choice(gradient_quality.PER_EPISODE_ESTIMATORS),
+    )
+    batch_sizes: tuple[int, ...] = key(
+        "batch sizes N whose quality is measured", _int_list(checks.positive_int)
+    )
+    n_batches: int = key("independent batches per N", checks.positive_int)
+
+
+GYM_ESTIMATORS = tuple(
+    e for e in estimators.ESTIMATORS if e not in training.TABULAR_ONLY_ESTIMATORS
+)
+
+
+def _gym_estimator(name: str, value: Any) -> str:
+    if value in training.TABULAR_ONLY_ESTIMATORS:
+        raise ConfigError(
+            f"{name}={value!r} needs exact tabular values (tabular_ascent.py only); "
+            f"choose one of: {', '.join(GYM_ESTIMATORS)}"
+        )
+    return checks.one_of(name, value, GYM_ESTIMATORS)
+
+
+@functools.cache
+def _env_ids() -> tuple[str, ...]:
+    import gymnasium
+
+    return tuple(gymnasium.registry)
+
+
+def _env_id(name: str, value: Any) -> str:
+    if not isinstance(value, str) or value not in _env_ids():
+        hint = checks.did_you_mean(str(value), _env_ids())
+        raise ConfigError(
+            f"{name}={value!r} is not a registered gymnasium environment{hint}; "
+            "use a discrete-action env such as CartPole-v1 or Acrobot-v1"
+        )
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class CartPoleSettings(RunSettings):
+    """experiments/cartpole.py: REINFORCE on a discrete-action gymnasium env."""
+
+    env_id: str = key("any discrete-action gymnasium env, e.g. Acrobot-v1", _env_id)
+    max_episode_steps: int | None = key(
+        "time limit (null: the env's own)", _optional(checks.positive_int)
+    )
+    n_trajectories: int = key("N: complete episodes per update", checks.positive_int)
+    step_size: float = key("alpha, finite, > 0 and <= float32's maximum", _gym_step_size)
+    estimator: str = key("the gradient estimator (not baseline_value)", _gym_estimator)
+    gamma: float = key("discount inside the estimator, in [0, 1]", checks.discount)
+    optimizer: str = key("sgd | momentum | adam", _choice(training.OPTIMIZERS))
+    momentum: float = key("used by optimizer=momentum, in [0, 1)", _half_open_unit)
+    budget: BudgetSettings = group("when to stop", BudgetSettings)
+    variance_every: int = key(
+        "every k iterations, measure the gradient variance (0 = never)", _non_negative_int
+    )
+    deterministic_threshold: float = key(
+        "a state is near-deterministic when max_a pi(a|s) >= this, in (0, 1]",
+        lambda name, value: checks.probability(name, value, open_low=True),
+    )
+    policy: GymPolicySettings = group("the policy network", GymPolicySettings)
+    collapse: CollapseSettings = group("the collapse detector", CollapseSettings)
+    gradient_quality: GradientQualitySettings = group(
+        "gradient quality at checkpoints", GradientQualitySettings
+    )
+
+
+def _check_cartpole(settings: CartPoleSettings) -> CartPoleSettings:
+    budget = settings.budget
+    if budget.iterations is None and budget.env_steps is None:
+        raise ConfigError(
+            "budget.iterations and budget.env_steps are both null: set at least one budget"
+        )
+    quality = settings.gradient_quality
+    if quality.enabled and budget.iterations is not None and budget.env_steps is None:
+        for index, checkpoint in enumerate(quality.checkpoints):
+            if checkpoint > budget.iterations:
+                raise ConfigError(
+                    f"gradient_quality.checkpoints[{index}]={checkpoint} is after the last "
+                    f"update (budget.iterations={budget.iterations}); use 0..{budget.iterations}"
+                )
+    return settings
+
+
+# ---------------------------------------------------------------------------------------
+# validate_<app>: what run_job(validate=...) and the pre-flight call
+# ---------------------------------------------------------------------------------------
+def validate_estimator_variance(cfg: DictConfig) -> EstimatorVarianceSettings:
+    """The estimator study's settings, or ConfigError naming the first bad key."""
+    return _read_tabular(EstimatorVarianceSettings, cfg)
+
+
+def validate_calibration(cfg: DictConfig) -> CalibrationSettings:
+    """The calibration's settings, or ConfigError naming the first bad key."""
+    return _read_tabular(CalibrationSettings, cfg)
+
+
+def validate_tabular_ascent(cfg: DictConfig) -> TabularAscentSettings:
+    """The tabular ascent's settings, or ConfigError naming the first bad key."""
+    return _read_tabular(TabularAscentSettings, cfg)
+
+
+def validate_cartpole(cfg: DictConfig) -> CartPoleSettings:
+    """The gymnasium app's settings, or ConfigError naming the first bad key."""
+    return _check_cartpole(_read(CartPoleSettings, cfg))
+
+
+def identity(experiment: schema.Experiment, settings: Any, **computed: Any) -> dict[str, Any]:
+    """The identity columns of ``experiment`` (:mod:`pglab.schema`), in its order: each the
+    setting of that name, unless ``computed`` gives it (e.g. ``mdp=mdp.name``)."""
+    row = {}
+    for column in experiment.identity:
+        if column in computed:
+            row[column] = computed[column]
+        elif hasattr(settings, column):
+            row[column] = getattr(settings, column)
+        else:
+            raise KeyError(f"{experiment.name}: identity column {column!r} has no setting")
+    return row
+
+
+#: app name -> (settings class, validate function)
+VALIDATORS: dict[str, tuple[type, Callable[[DictConfig], Any]]] = {
+    "estimator_variance": (EstimatorVarianceSettings, validate_estimator_variance),
+    "calibration": (CalibrationSettings, validate_calibration),
+    "cartpole": (CartPoleSettings, validate_cartpole),
+    "tabular_ascent": (TabularAscentSettings, validate_tabular_ascent),
+}
