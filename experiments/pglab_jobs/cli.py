@@ -214,8 +214,9 @@ class _Checker:
             return
         known = [k for k in _flat_keys(composed) if not k.startswith("hydra")]
         parent = key.rpartition(".")[0]
-        if parent and parent in self.choices:
-            where = f" of {parent}={self.choices[parent]}"
+        choices = composed.hydra.runtime.choices
+        if parent and parent in choices:
+            where = f" of {parent}={choices[parent]}"
         else:
             where = ""
         raise ConfigError(f"unknown key {key!r}{where} in {line}{did_you_mean(key, known)}")
@@ -225,7 +226,7 @@ class _Checker:
         params = OmegaConf.select(composed, "hydra.sweeper.params", default=None)
         if not params:
             return
-        preset = self.choices.get("experiment")
+        preset = composed.hydra.runtime.choices.get("experiment")
         for name in params:
             line = f"hydra.sweeper.params.{name} of experiment={preset}"
             parent, _, child = str(name).rpartition("/")

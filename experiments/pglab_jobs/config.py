@@ -83,7 +83,12 @@ def _optional(check: Check) -> Check:
     """``check`` that also accepts ``null`` (None)."""
 
     def optional(name: str, value: Any) -> Any:
-        return None if value is None else check(name, value)
+        if value is None:
+            return None
+        try:
+            return check(name, value)
+        except ConfigError as error:  # "... must be a positive integer or null, got 0"
+            raise ConfigError(str(error).replace(", got ", " or null, got ", 1)) from None
 
     return optional
 
