@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 from conftest import run_app
 
+from pglab import schema
+
 SMALL_STUDY = ("n_repetitions=20", "progress=false")
 
 
@@ -72,9 +74,16 @@ def assert_refused_in_one_line(proc, tmp_path: Path, *parts: str) -> None:
     assert not (tmp_path / "out").exists(), "an output directory was created"
 
 
-def refused(script: str, tmp_path: Path, *overrides: str):
+def refused(script: str, tmp_path: Path, *args: str):
+    flags = [a for a in args if a.startswith("-")]  # -m before the overrides, as users type it
+    overrides = [a for a in args if not a.startswith("-")]
     return run_app(
-        script, f"paths.output_dir={tmp_path / 'out'}", "logger=none", *overrides, check=False
+        script,
+        *flags,
+        f"paths.output_dir={tmp_path / 'out'}",
+        "logger=none",
+        *overrides,
+        check=False,
     )
 
 
@@ -168,13 +177,18 @@ def test_bad_value_in_a_sweep_fails_that_job_and_the_sweep_goes_on(tmp_path):
     )
     assert proc.returncode != 0
     assert "1 done" in proc.stdout and "1 failed" in proc.stdout, proc.stdout[-2000:]
+    sweep = tmp_path / "multirun" / "cartpole" / "default"
     statuses = {}
-    for meta_file in (tmp_path / "multirun" / "cartpole" / "default").rglob("metadata.json"):
-        meta = json.loads(meta_file.read_text())
-        statuses[meta["config"]["seed"]] = meta["status"]
-        if meta["status"] == "failed":
-            assert "seed must be an integer, got 1.7" in meta["error"]
-    assert statuses == {0: "complete", 1.7: "failed"}
+    for status_file in sweep.rglob(schema.JOB_STATUS_FILE):
+        status = json.loads(status_file.read_text())
+        statuses[status_file.parent.name] = status["status"]
+        if status["status"] == "failed":
+            assert "seed must be an integer, got 1.7" in status["error"]
+            assert "\n" not in status["error"]
+    assert statuses == {
+        "budget.iterations=2,n_trajectories=2,seed=0": "complete",
+        "budget.iterations=2,n_trajectories=2,seed=1.7": "failed",
+    }
 
 
 def test_cartpole_multirun_2x2_completes(tmp_path):
