@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -286,3 +287,26 @@ def test_preflight_of_a_single_run_returns_its_settings():
         "cartpole", config.validate_cartpole, ["n_trajectories=3", "+note=x"]
     )
     assert settings.n_trajectories == 3
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """Every ``python experiments/<app>.py ...`` command of the README, docs/, Makefile,
+    conf/ and the apps' docstrings, as (app, argv)."""
+    sources = [REPO / "README.md", REPO / "Makefile", *sorted((REPO / "docs").glob("*.md"))]
+    sources += sorted(CONF.glob("*.yaml")) + sorted((CONF / "experiment").glob("*.yaml"))
+    sources += sorted((REPO / "experiments").glob("*.py"))
+    commands = []
+    for source in sources:
+        text = source.read_text().replace("\\\n", " ")
+        for app, rest in re.findall(r"python experiments/([a-z_]+)\.py([^\n`#]*)", text):
+            argv = [a for a in shlex.split(rest.replace("$", "")) if a != "<partition>"]
+            commands.append((app, [a for a in argv if not a.endswith("=<partition>")]))
+    return commands
+
+
+def test_every_documented_command_passes_preflight():
+    """The README's commands keep working: pre-flight refuses none of them."""
+    commands = documented_commands()
+    assert len(commands) >= 15
+    for app, argv in commands:
+        cli.check_command_line(app, config.VALIDATORS[app][1], argv)
