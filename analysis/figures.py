@@ -10,8 +10,9 @@ grows and any backend works; save with ``fig.savefig(path)``.
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -41,11 +42,13 @@ def palette(levels: Sequence, numeric: bool = False) -> dict:
     return dict(zip(levels, colours, strict=False))
 
 
-def _levels(series: pd.Series) -> list:
+def levels(series: pd.Series) -> list:
+    """The distinct non-missing values of ``series``, sorted."""
     return sorted(series.dropna().unique().tolist())
 
 
-def _fmt(value) -> str:
+def fmt(value) -> str:
+    """A value as a label: floats in ``%g`` form (``0.001``, ``1e-05``), others as ``str``."""
     return f"{value:g}" if isinstance(value, float | np.floating) else str(value)
 
 
@@ -170,95 +173,120 @@ def _legend(
         )
         for index, c in enumerate(colours.values())
     ]
-    names = [(labels or {}).get(level, _fmt(level)) for level in colours]
+    names = [(labels or {}).get(level, fmt(level)) for level in colours]
     for name, kwargs in extra:
         handles.append(Line2D([], [], **kwargs))
         names.append(name)
     fig.legend(handles, names, title=title, loc="outside right center", frameon=False)
 
 
-def facet_lines(
-    frame: pd.DataFrame,
-    *,
-    facet: str,
-    x: str,
-    y: str | Sequence[str],
-    hue: str,
-    ci: tuple[str, str] | Sequence[tuple[str, str] | None] | None = None,
-    ylabel: str | Sequence[str] = "",
-    xlabel: str = "",
-    logx: bool = False,
-    logy: bool | Sequence[bool] = False,
-    title: str = "",
-    hue_title: str | None = None,
-    hue_labels: dict | None = None,
-    facet_title: str | None = None,
-    numeric_hue: bool = False,
-    errorbars: bool = True,
-    decorate: Callable[[Axes, object, int], list[tuple[str, dict]] | None] | None = None,
-) -> Figure:
-    """Lines of ``y`` against ``x``, one panel per ``facet`` level, one colour per ``hue``.
+@dataclass(frozen=True)
+class Row:
+    """One row of panels in :func:`facet_lines`: the column drawn and how.
+
+    Attributes:
+        y: the column drawn against ``FacetSpec.x``.
+        ci: ``(low_column, high_column)`` drawn as error bars (``FacetSpec.errorbars``) or
+            a band; ``None`` for no interval.
+        label: the y-axis label (default ``y``).
+        log: a log y axis.
+    """
+
+    y: str
+    ci: tuple[str, str] | None = None
+    label: str = ""
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class FacetSpec:
+    """What :func:`facet_lines` draws: one panel per ``facet`` level, one colour per ``hue``.
+
+    Attributes:
+        facet, x, hue: columns of the frame.
+        rows: one :class:`Row` per y column, stacked as rows of panels under each facet.
+        xlabel: the x-axis label (default ``x``). logx: a log x axis.
+        title: the figure title.
+        hue_title: the legend title (default ``hue``); hue_labels: legend text per level.
+        facet_title: the facet's name in panel titles (default ``facet``).
+        numeric_hue: an ordered (viridis) palette for numeric hue levels.
+        errorbars: error bars with markers (few x values) rather than bands (curves).
+    """
+
+    facet: str
+    x: str
+    hue: str
+    rows: tuple[Row, ...]
+    xlabel: str = ""
+    logx: bool = False
+    title: str = ""
+    hue_title: str | None = None
+    hue_labels: Mapping | None = None
+    facet_title: str | None = None
+    numeric_hue: bool = False
+    errorbars: bool = True
+
+
+Decorate = Callable[[Axes, object, int], list[tuple[str, dict]] | None]
+
+
+def _draw_panel(ax: Axes, part: pd.DataFrame, spec: FacetSpec, row: Row, colours: dict) -> None:
+    _draw_lines(
+        ax,
+        part,
+        spec.x,
+        row.y,
+        spec.hue,
+        colours,
+        row.ci,
+        errorbars=spec.errorbars,
+        marker=spec.errorbars,
+        dodge=0.012 if (spec.logx and spec.errorbars and row.ci is not None) else 0.0,
+    )
+    if spec.logx:
+        set_log(ax, "x")
+    elif pd.api.types.is_integer_dtype(part[spec.x]):
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    if row.log:
+        set_log(ax, "y")
+    ax.set_xlabel(spec.xlabel or spec.x)
+    ax.set_ylabel(row.label or row.y)
+
+
+def facet_lines(frame: pd.DataFrame, spec: FacetSpec, decorate: Decorate | None = None) -> Figure:
+    """Lines of each ``spec.rows`` column against ``spec.x``: one panel per facet level and
+    row, one colour per hue level.
 
     Args:
-        frame: tidy summary, one row per (facet, hue, x) with columns ``y`` and the CI pair.
-        y: one column, or several to stack as rows of panels (each facet gets one per y);
-            ``ci``, ``ylabel`` and ``logy`` then take one entry per y.
-        ci: ``(low_column, high_column)`` drawn as error bars with markers (``errorbars``,
-            for a few x values) or as a band without markers (for curves).
-        facet_title: the facet's name in panel titles (default ``facet``).
-        decorate: called as ``decorate(ax, facet_level, y_index)`` to add reference lines;
+        frame: tidy summary, one row per (facet, hue, x) with the rows' columns and CI pairs.
+        spec: what to draw (:class:`FacetSpec`).
+        decorate: called as ``decorate(ax, facet_level, row_index)`` to add reference lines;
             it may return extra legend entries ``[(label, Line2D kwargs)]``.
     """
-    ys = [y] if isinstance(y, str) else list(y)
-    cis = [ci] if ci is None or isinstance(ci[0], str) else list(ci)
-    cis = cis * len(ys) if len(cis) == 1 else cis
-    ylabels = [ylabel] if isinstance(ylabel, str) else list(ylabel)
-    ylabels = ylabels * len(ys) if len(ylabels) == 1 else ylabels
-    logys = [logy] if isinstance(logy, bool) else list(logy)
-    logys = logys * len(ys) if len(logys) == 1 else logys
-    facets = _levels(frame[facet])
-    colours = palette(_levels(frame[hue]), numeric=numeric_hue)
+    facets = levels(frame[spec.facet])
+    colours = palette(levels(frame[spec.hue]), numeric=spec.numeric_hue)
     extra: dict[str, dict] = {}
     with style():
-        fig, axes = _facet_figure(len(facets), n_rows_per_panel=len(ys))
+        fig, axes = _facet_figure(len(facets), n_rows_per_panel=len(spec.rows))
         for index, level in enumerate(facets):
-            part = frame[frame[facet] == level]
-            for row, column in enumerate(ys):
-                ax = _panel_axes(axes, index, row, len(ys))
-                _draw_lines(
-                    ax,
-                    part,
-                    x,
-                    column,
-                    hue,
-                    colours,
-                    cis[row],
-                    errorbars=errorbars,
-                    marker=errorbars,
-                    dodge=0.012 if (logx and errorbars and cis[row] is not None) else 0.0,
-                )
+            part = frame[frame[spec.facet] == level]
+            for row_index, row in enumerate(spec.rows):
+                ax = _panel_axes(axes, index, row_index, len(spec.rows))
+                _draw_panel(ax, part, spec, row, colours)
                 if decorate is not None:
-                    for name, kwargs in decorate(ax, level, row) or []:
+                    for name, kwargs in decorate(ax, level, row_index) or []:
                         extra.setdefault(name, kwargs)
-                if logx:
-                    set_log(ax, "x")
-                elif pd.api.types.is_integer_dtype(frame[x]):
-                    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-                if logys[row]:
-                    set_log(ax, "y")
-                ax.set_title(f"{facet_title or facet} = {_fmt(level)}", fontsize="medium")
-                ax.set_xlabel(xlabel or x)
-                ax.set_ylabel(ylabels[row] or column)
+                ax.set_title(f"{spec.facet_title or spec.facet} = {fmt(level)}", fontsize="medium")
         _legend(
             fig,
             colours,
-            hue_title or hue,
+            spec.hue_title or spec.hue,
             extra=list(extra.items()),
-            labels=hue_labels,
-            marker=errorbars,
+            labels=dict(spec.hue_labels) if spec.hue_labels else None,
+            marker=spec.errorbars,
         )
-        if title:
-            suptitle(fig, title)
+        if spec.title:
+            suptitle(fig, spec.title)
     return fig
 
 
@@ -277,7 +305,7 @@ def heatmap(
     col: str,
     value: str,
     annot: pd.DataFrame | None = None,
-    fmt: str = ".3g",
+    annot_format: str = ".3g",
     title: str = "",
     cbar_label: str = "",
     cmap: str = "viridis",
@@ -293,7 +321,7 @@ def heatmap(
             (a column named ``value + "_text"`` in ``table`` is used when given as None and
             present).
     """
-    facets = _levels(table[facet]) if facet else [None]
+    facets = levels(table[facet]) if facet else [None]
     text_column = f"{value}_text"
     with style():
         fig, axes = _facet_figure(len(facets))
@@ -327,16 +355,16 @@ def heatmap(
                 square=False,
                 linewidths=0.5,
                 annot=labels.to_numpy() if labels is not None else True,
-                fmt="" if labels is not None else fmt,
+                fmt="" if labels is not None else annot_format,
                 cbar_kws={"label": cbar_label or value},
             )
             ax.invert_yaxis()  # small N at the bottom, like a phase diagram
-            ax.set_xticklabels([_fmt(v) for v in grid.columns])
-            ax.set_yticklabels([_fmt(v) for v in grid.index], rotation=0)
+            ax.set_xticklabels([fmt(v) for v in grid.columns])
+            ax.set_yticklabels([fmt(v) for v in grid.index], rotation=0)
             ax.set_xlabel(col)
             ax.set_ylabel(row)
             if level is not None:
-                ax.set_title(f"{facet} = {_fmt(level)}", fontsize="medium")
+                ax.set_title(f"{facet} = {fmt(level)}", fontsize="medium")
         if title:
             suptitle(fig, title)
     return fig

@@ -1,9 +1,9 @@
 """Load stored job results (``metadata.json`` + parquet) into tidy DataFrames.
 
-Reads the layout described in ``docs/results.md`` and nothing else: this module never
-imports training code. Give it any mix of single-run directories, multirun sweep
-directories or parents of either; every directory below them holding a
-``metadata.json`` is one job.
+Reads the layout declared in :mod:`pglab.schema` (and described in ``docs/results.md``)
+and nothing else: this module never imports training code (``pglab.schema`` is
+dependency-free). Give it any mix of single-run directories, multirun sweep directories
+or parents of either; every directory below them holding a ``metadata.json`` is one job.
 
     results = load_results(["outputs/multirun/estimator_variance/default"])
     results.estimator            # one row per (job, estimator, N), swept config as columns
@@ -11,19 +11,25 @@ directories or parents of either; every directory below them holding a
 
 Rules (each one checked by ``tests/test_analysis_load.py``):
 
-* a job is loaded when its status is ``complete`` or ``diverged`` and every file in
-  ``result_files`` reads; a failed or running job is skipped with its reason;
-* an unreadable ``metadata.json`` or result file skips the whole job with a
-  :class:`ResultFileWarning` that names the file;
+* a job is loaded when its status is finished (``pglab.schema.FINISHED_STATUSES``) and
+  every file in ``result_files`` reads and holds the columns its :class:`~pglab.schema.Table`
+  requires (identity, index and ``columns``); otherwise the whole job is skipped and
+  listed with its reason (a :class:`ResultFileWarning` for a damaged or wrong file);
+* files written before a schema change are mapped to the current names on load
+  (:func:`upgrade_table`: the gradient-quality table's ``n_trajectories`` used to be the
+  batch N and ``train_n_trajectories`` the training N);
+* a directory that holds result tables or a ``job_status.json`` but no ``metadata.json``
+  (its metadata lost) is listed as skipped, never silently left out;
 * the same job (same ``job_hash``) found twice is loaded once: the copy with the latest
   ``finished_at`` wins, ties go to the smallest path;
 * config keys that vary across the loaded jobs of one experiment become columns (nested
   keys flattened with dots, e.g. ``policy.kind``); a key whose name a table already uses
   is left to the table when the two agree in every job, and is added as ``config.<key>``
   when they differ (``n_trajectories`` in the estimator table is the row's N, the config
-  holds the whole list);
-* rows are sorted by the table's identity columns, then by job directory, so the same
-  inputs give identical tables whatever their order.
+  holds the whole list). :attr:`Results.design` names these columns per table: the report
+  splits cells by them (see ``analysis.report.cells``);
+* rows are sorted by the table's identity and index columns, then by job directory, so
+  the same inputs give identical tables whatever their order.
 """
 
 from __future__ import annotations
@@ -39,50 +45,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-METADATA_FILE = "metadata.json"
-FINISHED_STATUSES = ("complete", "diverged")
-# Config keys that say where and how a job reported, not what it computed (they match
-# experiments/pglab_jobs/metadata.py NON_SEMANTIC_KEYS); they never become columns.
-NON_SEMANTIC_PREFIXES = ("paths", "logger", "sweep_name", "progress", "resume", "hydra")
+from pglab.schema import (
+    EXPERIMENTS,
+    FINISHED_STATUSES,
+    JOB_STATUS_FILE,
+    METADATA_FILE,
+    NON_SEMANTIC_KEYS,
+    Experiment,
+)
 
-# (experiment, parquet stem) -> attribute of Results
+# (experiment, parquet stem) -> attribute of Results, from pglab.schema
 TABLES: dict[tuple[str, str], str] = {
-    ("estimator_variance", "results"): "estimator",
-    ("calibration", "calibration"): "calibration",
-    ("cartpole", "history"): "cartpole_history",
-    ("cartpole", "summary"): "cartpole_summary",
-    ("cartpole", "gradient_quality"): "gradient_quality",
-    ("tabular_ascent", "history"): "ascent_history",
-    ("tabular_ascent", "summary"): "ascent_summary",
+    (e.name, t.stem): t.name for e in EXPERIMENTS.values() for t in e.tables
 }
-
-# Identity columns per table, in sort order (those absent from a table are ignored).
+# Results attribute -> (experiment, its Table): identity then index columns give the sort order
+TABLE_SPECS = {t.name: (e, t) for e in EXPERIMENTS.values() for t in e.tables}
 SORT_KEYS: dict[str, tuple[str, ...]] = {
-    "estimator": ("mdp", "estimator", "n_trajectories", "seed"),
-    "calibration": ("mdp", "estimator", "n_trajectories", "seed", "study"),
-    "cartpole_history": (
-        "env_id",
-        "estimator",
-        "n_trajectories",
-        "step_size",
-        "optimizer",
-        "seed",
-        "iteration",
-    ),
-    "cartpole_summary": ("env_id", "estimator", "n_trajectories", "step_size", "optimizer", "seed"),
-    "gradient_quality": (
-        "env_id",
-        "estimator",
-        "step_size",
-        "optimizer",
-        "seed",
-        "checkpoint_iteration",
-        "n_trajectories",
-        "batch",
-    ),
-    "ascent_history": ("mdp", "gradient", "n_trajectories", "step_size", "seed", "iteration"),
-    "ascent_summary": ("mdp", "gradient", "n_trajectories", "step_size", "seed"),
+    name: e.sort_keys(t.stem) for name, (e, t) in TABLE_SPECS.items()
 }
+RESULT_STEMS = frozenset(t.stem for e in EXPERIMENTS.values() for t in e.tables)
 
 RUN_COLUMNS = (
     "run_dir",
@@ -103,7 +84,7 @@ RUN_COLUMNS = (
 
 
 class ResultFileWarning(UserWarning):
-    """A result or metadata file could not be read; its job was skipped."""
+    """A result or metadata file could not be read or breaks the schema; its job was skipped."""
 
 
 @dataclass
@@ -114,12 +95,16 @@ class Results:
         estimator: estimator study, one row per (job, estimator, N) (``results.parquet``).
         calibration: verdict calibration, one row per (job, estimator, N, study)
             (``calibration.parquet``).
-        cartpole_history, cartpole_summary, gradient_quality: CartPole tables.
+        cartpole_history, cartpole_summary, gradient_quality: gymnasium training tables
+            (any ``env_id``; the experiment is called ``cartpole``).
         ascent_history, ascent_summary: tabular ascent tables.
-        other: tables of experiments or stems this loader does not know,
+        other: tables of experiments or stems the schema does not know,
             keyed ``"<experiment>/<stem>"``.
         runs: one row per loaded job (``RUN_COLUMNS`` plus the varying config keys).
-        skipped: ``(path, reason)`` for every job found but not loaded, in path order.
+        design: per table name, the columns that hold config keys varying across the
+            loaded jobs of its experiment (the seed left out), in sorted order.
+        skipped: ``(path, reason)`` for every job found but not loaded, in path order;
+            a reason starts with its kind (``status 'failed'``, ``schema mismatch``, ...).
         searched: the input paths, resolved.
     Tables with no data are empty DataFrames.
     """
@@ -133,14 +118,31 @@ class Results:
     ascent_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
     other: dict[str, pd.DataFrame] = field(default_factory=dict)
     runs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    design: dict[str, tuple[str, ...]] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     searched: list[str] = field(default_factory=list)
 
     def tables(self) -> dict[str, pd.DataFrame]:
-        """Every non-empty table by name (known tables first, in ``TABLES`` order)."""
+        """Every non-empty table by name (known tables first, in schema order)."""
         out = {name: getattr(self, name) for name in TABLES.values()}
         out.update(self.other)
         return {name: frame for name, frame in out.items() if not frame.empty}
+
+
+def skip_kind(reason: str) -> str:
+    """The kind of a skip reason: its text before the first ``:`` (``"duplicate"`` for copies)."""
+    if reason.startswith("duplicate of "):
+        return "duplicate"
+    return reason.split(":", 1)[0]
+
+
+def skipped_summary(skipped: list[tuple[str, str]]) -> str:
+    """``"6 status 'failed', 4 schema mismatch"``: skip counts by kind, most frequent first."""
+    counts: dict[str, int] = {}
+    for _, reason in skipped:
+        counts[skip_kind(reason)] = counts.get(skip_kind(reason), 0) + 1
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return ", ".join(f"{n} {kind}" for kind, n in ordered)
 
 
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -185,8 +187,24 @@ def find_job_dirs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[
     return sorted(found), searched
 
 
-def _warn_skip(skipped: list[tuple[str, str]], path: Path, reason: str) -> None:
-    warnings.warn(f"skipping job {path}: {reason}", ResultFileWarning, stacklevel=3)
+def find_orphan_dirs(searched: Iterable[str]) -> list[Path]:
+    """Directories that look like jobs (a ``<table>.parquet`` of the schema or a
+    ``job_status.json``) but hold no ``metadata.json``; job directories are not entered."""
+    markers = {JOB_STATUS_FILE, *(f"{stem}.parquet" for stem in RESULT_STEMS)}
+    orphans: set[Path] = set()
+    for root in map(Path, searched):
+        for dirpath, dirnames, filenames in os.walk(root):
+            if METADATA_FILE in filenames:
+                dirnames[:] = []  # a job: its own files are checked when it is read
+            elif markers.intersection(filenames):
+                orphans.add(Path(dirpath))
+            dirnames.sort()
+    return sorted(orphans)
+
+
+def _skip(skipped: list[tuple[str, str]], path: Path, reason: str, warn: bool = True) -> None:
+    if warn:
+        warnings.warn(f"skipping job {path}: {reason}", ResultFileWarning, stacklevel=3)
     skipped.append((str(path), reason))
 
 
@@ -201,34 +219,90 @@ def _read_table(file: Path) -> pd.DataFrame:
     return frame
 
 
-def _read_job(job_dir: Path, skipped: list[tuple[str, str]]) -> tuple[dict, dict] | None:
-    """``(metadata, {stem: table})`` for a finished, readable job, else ``None`` (recorded)."""
+def upgrade_table(experiment: str, stem: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """Map a table written under an older schema to the current column names.
+
+    ``cartpole/gradient_quality`` before the schema module: ``n_trajectories`` was the
+    batch N and ``train_n_trajectories`` the training N; now ``n_trajectories`` is the
+    training N (an identity column, as in every table) and ``batch_n_trajectories`` the
+    batch N. Other tables are returned unchanged.
+    """
+    if (
+        (experiment, stem) == ("cartpole", "gradient_quality")
+        and "train_n_trajectories" in frame.columns
+        and "batch_n_trajectories" not in frame.columns
+    ):
+        return frame.rename(
+            columns={
+                "n_trajectories": "batch_n_trajectories",
+                "train_n_trajectories": "n_trajectories",
+            }
+        )
+    return frame
+
+
+def missing_columns(experiment: Experiment, stem: str, frame: pd.DataFrame) -> list[str]:
+    """Columns table ``stem`` of ``experiment`` must hold (identity, index, columns) but lacks."""
+    table = experiment.table(stem)
+    required = dict.fromkeys([*experiment.identity, *table.index, *table.columns])
+    return [column for column in required if column not in frame.columns]
+
+
+def _read_metadata(job_dir: Path, skipped: list[tuple[str, str]]) -> dict | None:
     meta_file = job_dir / METADATA_FILE
     try:
         meta = json.loads(meta_file.read_text())
         if not isinstance(meta, dict):
             raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
     except (OSError, ValueError) as error:
-        _warn_skip(skipped, job_dir, f"cannot read {meta_file} ({type(error).__name__}: {error})")
+        reason = (
+            f"unreadable {METADATA_FILE}: cannot read {meta_file} ({type(error).__name__}: {error})"
+        )
+        _skip(skipped, job_dir, reason)
         return None
     status = meta.get("status")
     if status not in FINISHED_STATUSES:
         reason = f"status {status!r}"
         if meta.get("error"):
             reason += f": {meta['error']}"
-        skipped.append((str(job_dir), reason))
+        _skip(skipped, job_dir, reason, warn=False)
+        return None
+    return meta
+
+
+def _read_result(job_dir: Path, name: str, experiment: str) -> tuple[str, pd.DataFrame | str]:
+    """``(stem, table)`` or ``(stem, reason)`` for result file ``name`` of a job."""
+    file = job_dir / name
+    stem = Path(name).name.removesuffix(".parquet")
+    if not file.is_file():
+        return stem, f"missing result file: {file} is listed in {METADATA_FILE} but does not exist"
+    try:
+        frame = upgrade_table(experiment, stem, _read_table(file))
+    except Exception as error:  # pyarrow raises several types for a damaged file
+        return stem, f"unreadable result file: cannot read {file} ({type(error).__name__}: {error})"
+    spec = EXPERIMENTS.get(experiment)
+    if spec is not None and (experiment, stem) in TABLES:
+        missing = missing_columns(spec, stem, frame)
+        if missing:
+            return stem, (
+                f"schema mismatch: {file} lacks column(s) {', '.join(missing)} that "
+                f"pglab.schema requires of {experiment}/{stem}"
+            )
+    return stem, frame
+
+
+def _read_job(job_dir: Path, skipped: list[tuple[str, str]]) -> tuple[dict, dict] | None:
+    """``(metadata, {stem: table})`` for a finished, valid job, else ``None`` (recorded)."""
+    meta = _read_metadata(job_dir, skipped)
+    if meta is None:
         return None
     tables: dict[str, pd.DataFrame] = {}
     for name in meta.get("result_files") or []:
-        file = job_dir / name
-        if not file.is_file():
-            _warn_skip(skipped, job_dir, f"result file {file} listed in metadata.json is missing")
+        stem, table = _read_result(job_dir, name, str(meta.get("experiment")))
+        if isinstance(table, str):
+            _skip(skipped, job_dir, table)
             return None
-        try:
-            tables[Path(name).name.removesuffix(".parquet")] = _read_table(file)
-        except Exception as error:  # pyarrow raises several types for a damaged file
-            _warn_skip(skipped, job_dir, f"cannot read {file} ({type(error).__name__}: {error})")
-            return None
+        tables[stem] = table
     return meta, tables
 
 
@@ -263,12 +337,13 @@ def _timestamp(value: Any) -> float:
 def varying_keys(configs: list[dict[str, Any]]) -> list[str]:
     """Flattened config keys whose value differs between ``configs`` (or is absent in some).
 
-    Keys under ``NON_SEMANTIC_PREFIXES`` (output paths, logger, ...) are left out.
+    Keys under ``pglab.schema.NON_SEMANTIC_KEYS`` (output paths, logger, threads, ...)
+    are left out: they say where and how a job ran, not what it computed.
     """
     keys = sorted({key for config in configs for key in config})
     out = []
     for key in keys:
-        if key.split(".")[0] in NON_SEMANTIC_PREFIXES:
+        if key.split(".")[0] in NON_SEMANTIC_KEYS:
             continue
         values = {
             json.dumps(config.get(key, "<absent>"), sort_keys=True, default=str)
@@ -295,53 +370,40 @@ def _sort_rows(frame: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
     return frame.drop(columns="_row").reset_index(drop=True)
 
 
-def load_results(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Results:
-    """Load every job under ``paths`` into a :class:`Results` (see the module docstring).
-
-    Args:
-        paths: one path or several; each a job directory, a sweep directory or any parent.
-    Raises:
-        ValueError: a path does not exist, or no job directory was found under any path.
-    Warns:
-        ResultFileWarning: for each job skipped because a file in it could not be read.
-    """
-    if isinstance(paths, str | os.PathLike):
-        paths = [paths]
+def _collect_jobs(
+    paths: Iterable[str | os.PathLike],
+) -> tuple[list[tuple[Path, dict, dict]], list[tuple[str, str]], list[str]]:
     job_dirs, searched = find_job_dirs(paths)
-    if not job_dirs:
+    orphans = find_orphan_dirs(searched)
+    if not job_dirs and not orphans:
         raise ValueError(
             f"no results found: no {METADATA_FILE} under {', '.join(searched) or '(no paths)'}"
         )
     skipped: list[tuple[str, str]] = []
+    for orphan in orphans:
+        held = sorted(p.name for p in orphan.iterdir() if p.suffix == ".parquet")
+        _skip(
+            skipped,
+            orphan,
+            f"no {METADATA_FILE}: the directory holds {', '.join(held) or JOB_STATUS_FILE} "
+            f"but its metadata is gone, so its config and status are unknown",
+        )
     jobs = []
     for job_dir in job_dirs:
         loaded = _read_job(job_dir, skipped)
         if loaded is not None:
             jobs.append((job_dir, *loaded))
-    jobs = _dedupe(jobs, skipped)
+    return _dedupe(jobs, skipped), skipped, searched
 
-    flat_configs = {str(d): flatten_config(meta.get("config") or {}) for d, meta, _ in jobs}
-    experiments = sorted({str(meta.get("experiment")) for _, meta, _ in jobs})
-    varying = {
-        exp: varying_keys(
-            [flat_configs[str(d)] for d, meta, _ in jobs if str(meta.get("experiment")) == exp]
-        )
-        for exp in experiments
-    }
 
-    collected: dict[str, list[tuple[dict, dict[str, Any], pd.DataFrame]]] = {}
-    run_rows = []
+def _table_frames(
+    jobs: list[tuple[Path, dict, dict]], varying: dict[str, list[str]], flat: dict[str, dict]
+) -> tuple[dict[str, list[pd.DataFrame]], dict[str, tuple[str, ...]]]:
+    """Per table name: one frame per job with the swept config keys as columns."""
+    collected: dict[str, list[tuple[dict[str, Any], pd.DataFrame]]] = {}
     for job_dir, meta, tables in jobs:
         experiment = str(meta.get("experiment"))
-        config = flat_configs[str(job_dir)]
-        swept = {key: config.get(key) for key in varying[experiment]}
-        run_rows.append(
-            {
-                **{col: _hashable(meta.get(col)) for col in RUN_COLUMNS},
-                "run_dir": str(job_dir),
-                **swept,
-            }
-        )
+        swept = {key: flat[str(job_dir)].get(key) for key in varying[experiment]}
         for stem, table in sorted(tables.items()):
             name = TABLES.get((experiment, stem), f"{experiment}/{stem}")
             frame = table.copy()
@@ -351,27 +413,65 @@ def load_results(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Resu
             frame["sweep_name"] = meta.get("sweep_name")
             frame["run_dir"] = str(job_dir)
             frame["_row"] = np.arange(len(frame))
-            collected.setdefault(name, []).append((meta, swept, frame))
-
+            collected.setdefault(name, []).append((swept, frame))
     pieces: dict[str, list[pd.DataFrame]] = {}
+    design: dict[str, tuple[str, ...]] = {}
     for name, items in collected.items():
         # A swept key the table already has as a column: when the column equals the config
         # value in every job it is the same quantity (skip it); otherwise it means something
         # else (the estimator table's N per row vs the config's list of N): config.<key>.
-        renamed = set()
-        for _, swept, frame in items:
+        renamed = {
+            key
+            for swept, frame in items
+            for key, value in swept.items()
+            if key in frame.columns and not _column_equals(frame[key], value)
+        }
+        columns: set[str] = set()
+        for swept, frame in items:
             for key, value in swept.items():
-                if key in frame.columns and not _column_equals(frame[key], value):
-                    renamed.add(key)
-        for _, swept, frame in items:
-            for key, value in swept.items():
+                column = f"config.{key}" if key in renamed else key
+                if key != "seed":
+                    columns.add(column)
                 if key in frame.columns and key not in renamed:
                     continue
-                column = f"config.{key}" if key in renamed else key
                 frame[column] = [value] * len(frame)
             pieces.setdefault(name, []).append(frame)
+        design[name] = tuple(sorted(columns))
+    return pieces, design
 
-    results = Results(skipped=sorted(skipped), searched=searched)
+
+def load_results(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Results:
+    """Load every job under ``paths`` into a :class:`Results` (see the module docstring).
+
+    Args:
+        paths: one path or several; each a job directory, a sweep directory or any parent.
+    Raises:
+        ValueError: a path does not exist, or nothing that looks like a job was found.
+    Warns:
+        ResultFileWarning: for each job skipped because a file in it could not be read,
+            breaks the schema, or has no metadata.
+    """
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    jobs, skipped, searched = _collect_jobs(paths)
+    flat = {str(d): flatten_config(meta.get("config") or {}) for d, meta, _ in jobs}
+    experiments = sorted({str(meta.get("experiment")) for _, meta, _ in jobs})
+    varying = {
+        exp: varying_keys(
+            [flat[str(d)] for d, meta, _ in jobs if str(meta.get("experiment")) == exp]
+        )
+        for exp in experiments
+    }
+    run_rows = [
+        {
+            **{col: _hashable(meta.get(col)) for col in RUN_COLUMNS},
+            "run_dir": str(job_dir),
+            **{key: flat[str(job_dir)].get(key) for key in varying[str(meta.get("experiment"))]},
+        }
+        for job_dir, meta, _ in jobs
+    ]
+    pieces, design = _table_frames(jobs, varying, flat)
+    results = Results(skipped=sorted(skipped), searched=searched, design=design)
     for name, frames in pieces.items():
         frames = [f for f in frames if not f.empty]
         if not frames:

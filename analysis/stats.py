@@ -249,8 +249,11 @@ def collapse_table(
     return pd.DataFrame(rows, columns=[*by, "k", "n", "probability", "ci_low", "ci_high"])
 
 
-def loglog_slope(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
-    """Least-squares slope of log10(y) on log10(x) (``scipy.stats.linregress``).
+def loglog_fit(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
+    """Least-squares line of log10(y) on log10(x) (``scipy.stats.linregress``): slope and more.
+
+    (``pglab.stats.loglog_slope`` returns the bare slope and rejects bad points; this one
+    reports the fit of whatever stored points are usable.)
 
     For tr Cov(ĝ_N) against N an unbiased average of N i.i.d. trajectories has slope −1.
     Points with non-positive x or y are dropped. Returns ``slope``, ``slope_stderr``,
@@ -275,7 +278,64 @@ def loglog_slope(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
     }
 
 
-def unbiasedness_verdicts(estimator: pd.DataFrame, level: float = 0.05) -> pd.DataFrame:
+def step_resample(
+    frame: pd.DataFrame,
+    by: Sequence[str],
+    x: str,
+    value: str,
+    n_points: int = 200,
+    seed_column: str = "seed",
+) -> pd.DataFrame:
+    """Put each run's curve on a grid of ``x`` shared by its cell, as a step function.
+
+    For a learning curve over cumulative environment steps: runs of one cell reach the
+    same step counts at different iterations, so their values are compared at common
+    ``x``. At grid point g a run's value is the ``value`` of its last row with
+    ``x <= g`` (what the run had achieved by then). The grid spans the cell's common
+    support, from the latest first ``x`` to the earliest last ``x`` of its runs, so every
+    point averages the same runs (a mean over a changing set of runs jumps where one
+    ends); when the runs share no span, each run counts where it has data (NaN
+    elsewhere, not counted in ``n_seeds`` downstream).
+
+    Args:
+        frame: tidy history, one row per (cell, seed, iteration) with an increasing ``x``.
+        by: the cell's columns. n_points: grid points per cell, evenly spaced over the
+            span (rounded to whole numbers, duplicates dropped).
+    Returns:
+        one row per (cell, seed, grid point): ``by``, ``seed_column``, ``x``, ``value``.
+    """
+    by = list(by)
+    out = []
+    for key, cell in frame.groupby(by, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        runs = [run.sort_values(x) for _, run in cell.groupby(seed_column, sort=True)]
+        first = max(float(run[x].iloc[0]) for run in runs)
+        last = min(float(run[x].iloc[-1]) for run in runs)
+        if last < first:  # no common span: each run where it has data
+            first = min(float(run[x].iloc[0]) for run in runs)
+            last = max(float(run[x].iloc[-1]) for run in runs)
+        grid = np.unique(np.linspace(first, last, n_points).round())
+        values = []
+        for run in runs:
+            xs = run[x].to_numpy(float)
+            ys = run[value].to_numpy(float)
+            index = np.searchsorted(xs, grid, side="right") - 1
+            inside = (index >= 0) & (grid <= xs[-1])
+            values.append(np.where(inside, ys[np.clip(index, 0, None)], np.nan))
+        covered = ~np.isnan(np.vstack(values)).all(axis=0)  # a point some run has data at
+        for run, ys in zip(runs, values, strict=True):
+            part = pd.DataFrame({x: grid[covered], value: ys[covered]})
+            part[seed_column] = run[seed_column].iloc[0]
+            for column, level in zip(by, key, strict=True):
+                part[column] = level
+            out.append(part)
+    columns = [*by, seed_column, x, value]
+    return pd.concat(out, ignore_index=True)[columns] if out else pd.DataFrame(columns=columns)
+
+
+def unbiasedness_verdicts(
+    estimator: pd.DataFrame, level: float = 0.05, keys: Sequence[str] = ()
+) -> pd.DataFrame:
     """The estimator table's unbiasedness tests with a verdict at ``level``.
 
     Each row's ``p_value`` is the app's bootstrap-t test of H0: E[ĝ_N] = ∇J on the
@@ -284,11 +344,12 @@ def unbiasedness_verdicts(estimator: pd.DataFrame, level: float = 0.05) -> pd.Da
     (``effective_batches``). Returns ``mdp``, ``estimator``, ``n_trajectories``, ``seed``,
     ``effective_batches``, ``test_statistic``, ``p_value``, ``verdict``: "reject unbiased"
     when ``p_value < level``, "insufficient data" when it is NaN, else "consistent with
-    unbiased".
+    unbiased". ``keys``: further columns to keep first (config keys that split cells).
     """
     columns = [
         c
         for c in (
+            *keys,
             "mdp",
             "estimator",
             "n_trajectories",
@@ -325,7 +386,9 @@ def binomial_rate(
     }
 
 
-def calibration_rates(calibration: pd.DataFrame, level: float = 0.05) -> pd.DataFrame:
+def calibration_rates(
+    calibration: pd.DataFrame, level: float = 0.05, keys: Sequence[str] = ()
+) -> pd.DataFrame:
     """Error rates of the verdicts per (mdp, estimator, N) from the calibration study's rows.
 
     Args:
@@ -333,8 +396,9 @@ def calibration_rates(calibration: pd.DataFrame, level: float = 0.05) -> pd.Data
             ``relative_bias_ci_low/high``, ``known_relative_bias`` (NaN where theory does
             not give it), as written by ``experiments/calibration.py``.
         level: the test's level.
+        keys: further cell columns (config keys that split cells), first.
     Returns:
-        One row per cell: ``n_studies``; ``decided`` (fraction with a verdict, i.e. not
+        One row per cell: ``n_studies``, ``n_seeds`` (runs); ``decided`` (fraction with a verdict, i.e. not
         "insufficient data"); ``kind`` ("size" when the estimator is unbiased there,
         "power" when it is biased); ``reject_rate`` over
         all studies ("insufficient data" makes no claim and counts as not rejecting, as
@@ -344,12 +408,14 @@ def calibration_rates(calibration: pd.DataFrame, level: float = 0.05) -> pd.Data
         (NaN where the truth is unknown).
     """
     rows = []
-    keys = ["mdp", "estimator", "n_trajectories"]
-    for key, cell in calibration.groupby(keys, sort=True):
-        row = dict(zip(keys, key, strict=True))
+    by = [*keys, "mdp", "estimator", "n_trajectories"]
+    for key, cell in calibration.groupby(by, sort=True, dropna=False):
+        row = dict(zip(by, key, strict=True))
         truth = cell["known_relative_bias"].iloc[0]
         decided = cell[cell["p_value"].notna()]
         row["n_studies"] = len(cell)
+        if "run_dir" in cell.columns:
+            row["n_seeds"] = int(cell["run_dir"].nunique())
         row["decided"] = len(decided) / len(cell)
         row["known_relative_bias"] = truth
         # NaN truth: biased by theory, by an amount it does not give (normalized at N > 1,

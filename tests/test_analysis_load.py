@@ -7,9 +7,14 @@ Truths checked:
    files row for row.
 2. Same inputs -> identical tables, whatever the order or repetition of the paths; one
    job found twice (same job_hash) is loaded once and the copy is listed as skipped.
-3. Failed/running jobs are skipped with their status; a truncated parquet file, a missing
-   result file or bad JSON skips the job with a ResultFileWarning naming the file; no
-   results -> ValueError naming the paths searched.
+3. On real CartPole jobs: failed/running jobs are skipped with their status; a truncated
+   parquet file, a missing result file or bad JSON skips the job with a ResultFileWarning
+   naming the file; a table without a column pglab.schema requires skips the job with a
+   "schema mismatch" reason naming the file and the column (estimator results too: no
+   silent drop); a job directory whose metadata.json is gone is listed, not left out;
+   old gradient-quality files (batch N in n_trajectories) load as current ones; a
+   non-semantic key (threads) never becomes a column; no results -> ValueError naming
+   the paths searched.
 4. Statistics: the bootstrap CI is scipy's percentile bootstrap over seeds (same rng ->
    same interval), NaN for one seed; per-cell means equal ``groupby().mean()``; the
    collapse interval is scipy's Clopper–Pearson interval; a power law y = c/N has
@@ -34,8 +39,9 @@ from conftest import run_app
 from scipy import stats as scipy_stats
 
 from analysis import stats
-from analysis.load import ResultFileWarning, load_results
+from analysis.load import ResultFileWarning, load_results, skip_kind, skipped_summary
 from analysis.wandb_source import load_wandb_offline, load_wandb_project
+from pglab import schema
 
 MDPS = ("chain", "two_state")
 ESTIMATORS = ("reinforce", "reward_to_go")
@@ -63,81 +69,63 @@ def estimator_sweep(tmp_path_factory) -> Path:
     return out / "multirun" / "estimator_variance" / "default"
 
 
-def write_job(
-    job_dir: Path,
-    experiment: str,
-    config: dict,
-    tables: dict[str, pd.DataFrame],
-    status: str = "complete",
-    job_hash: str | None = None,
-) -> Path:
-    """A job directory in the docs/results.md layout (metadata.json + one parquet per table)."""
-    job_dir.mkdir(parents=True, exist_ok=True)
-    for stem, table in tables.items():
-        table.to_parquet(job_dir / f"{stem}.parquet", index=False)
-    meta = {
-        "experiment": experiment,
-        "status": status,
-        "job_hash": job_hash or json.dumps(config, sort_keys=True),
-        "config": config,
-        "overrides": [],
-        "seed": config.get("seed"),
-        "git_commit": "0" * 40,
-        "git_dirty": False,
-        "sweep_name": "default",
-        "run_dir": str(job_dir),
-        "started_at": "2026-01-01T00:00:00+00:00",
-        "finished_at": "2026-01-01T00:01:00+00:00",
-        "wall_time_s": 60.0,
-        "result_files": [f"{stem}.parquet" for stem in tables],
+CARTPOLE_SWEEP = ("n_trajectories=1,2", "seed=0,1", "budget.iterations=3")
+
+
+@pytest.fixture(scope="module")
+def cartpole_runs(tmp_path_factory) -> Path:
+    """Real CartPole jobs: sweep ``a`` (N ∈ {1, 2} × seeds {0, 1}, 3 iterations, MLP
+    policy, gradient quality at iteration 0) and sweep ``b``: one linear-policy job of the
+    same (N, α, seed) as one of ``a``, run with another thread count."""
+    out = tmp_path_factory.mktemp("cartpole_runs")
+    common = ("logger=none", "progress=false", f"paths.output_dir={out}")
+    run_app(
+        "cartpole.py",
+        "-m",
+        *CARTPOLE_SWEEP,
+        "gradient_quality.enabled=true",
+        "gradient_quality.reference_episodes=10",
+        "gradient_quality.n_batches=2",
+        "gradient_quality.batch_sizes=[1,2]",
+        "gradient_quality.checkpoints=[0]",
+        "sweep_name=a",
+        *common,
+    )
+    run_app(
+        "cartpole.py",
+        "-m",
+        "n_trajectories=1",
+        "seed=0",
+        "budget.iterations=3",
+        "policy=linear",
+        "threads=2",
+        "sweep_name=b",
+        *common,
+    )
+    return out
+
+
+def job_dirs(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.rglob("metadata.json"))
+
+
+def copy_sweep(cartpole_runs: Path, tmp_path: Path, sweep: str = "a") -> Path:
+    """A private copy of one real sweep to damage."""
+    (source,) = {m.parent.parent for m in cartpole_runs.rglob("metadata.json")} & {
+        p for p in cartpole_runs.rglob(sweep) if p.is_dir()
     }
-    if status == "failed":
-        meta["error"] = "RuntimeError: boom"
+    copy = tmp_path / sweep
+    shutil.copytree(source, copy)
+    return copy
+
+
+def set_status(job_dir: Path, status: str, error: str | None = None) -> None:
+    """Rewrite a job's recorded status as a failed or interrupted job leaves it."""
+    meta = json.loads((job_dir / "metadata.json").read_text())
+    meta["status"] = status
+    if error:
+        meta["error"] = error
     (job_dir / "metadata.json").write_text(json.dumps(meta))
-    return job_dir
-
-
-def cartpole_job(
-    root: Path, n: int, alpha: float, seed: int, final: float, kind: str = "mlp", **kwargs
-) -> Path:
-    ident = {
-        "env_id": "CartPole-v1",
-        "estimator": "reinforce",
-        "n_trajectories": n,
-        "step_size": alpha,
-        "optimizer": "sgd",
-        "seed": seed,
-    }
-    summary = pd.DataFrame(
-        [
-            {
-                **ident,
-                "final_return": final,
-                "auc": final / 2,
-                "collapsed": final < 20,
-                "status": "complete",
-            }
-        ]
-    )
-    history = pd.DataFrame(
-        {
-            "iteration": [0, 1, 2],
-            "return_mean": [10.0, final / 2, final],
-            **{k: [v] * 3 for k, v in ident.items()},
-        }
-    )
-    config = {
-        **ident,
-        "policy": {"kind": kind, "hidden_sizes": [32, 32]},
-        "paths": {"output_dir": str(root)},
-    }
-    return write_job(
-        root / f"n={n},a={alpha},s={seed},k={kind}",
-        "cartpole",
-        config,
-        {"history": history, "summary": summary},
-        **kwargs,
-    )
 
 
 # ------------------------------------------------------------- 1. the real sweep
@@ -206,34 +194,37 @@ def test_same_inputs_identical_tables_and_duplicates_loaded_once(estimator_sweep
     )
 
 
-# --------------------------------------------------- 2./3. synthetic layouts, failures
+# ------------------------------------------- 2./3. real layouts, failures, the schema
 
 
-def test_swept_nested_config_keys_become_dotted_columns(tmp_path):
-    cartpole_job(tmp_path, 10, 0.1, 0, 100.0, kind="mlp")
-    cartpole_job(tmp_path, 10, 0.1, 0, 120.0, kind="linear")
-    results = load_results(tmp_path)
-    assert sorted(results.cartpole_summary["policy.kind"]) == ["linear", "mlp"]
-    assert "policy.hidden_sizes" not in results.cartpole_summary.columns  # constant
-    assert "paths.output_dir" not in results.cartpole_summary.columns  # never a column
-    assert len(results.cartpole_history) == 6
+def test_swept_nested_config_keys_become_dotted_columns(cartpole_runs):
+    results = load_results(cartpole_runs)
+    summary = results.cartpole_summary
+    assert results.skipped == []
+    assert sorted(summary["policy.kind"]) == ["linear", "mlp", "mlp", "mlp", "mlp"]
+    assert "paths.output_dir" not in summary.columns  # never a column
+    assert "threads" not in summary.columns  # non-semantic (pglab.schema), though it differs
+    assert "threads" not in results.runs.columns
+    assert "policy.kind" in results.design["cartpole_summary"]
+    assert len(results.cartpole_history) == 5 * 3
 
 
-def test_failed_and_running_jobs_are_skipped_with_their_status(tmp_path):
-    good = cartpole_job(tmp_path, 10, 0.1, 0, 100.0)
-    failed = cartpole_job(tmp_path, 10, 0.1, 1, 100.0, status="failed")
-    running = cartpole_job(tmp_path, 10, 0.1, 2, 100.0, status="running")
-    results = load_results(tmp_path)
-    assert list(results.runs["run_dir"]) == [str(good.resolve())]
+def test_failed_and_running_jobs_are_skipped_with_their_status(cartpole_runs, tmp_path):
+    sweep = copy_sweep(cartpole_runs, tmp_path)
+    good, failed, running, *rest = job_dirs(sweep)
+    set_status(failed, "failed", "RuntimeError: boom")
+    set_status(running, "running")
+    results = load_results(sweep)
+    assert list(results.runs["run_dir"]) == [str(good.resolve()), *map(str, rest)]
     reasons = dict(results.skipped)
     assert "status 'failed': RuntimeError: boom" == reasons[str(failed.resolve())]
     assert "status 'running'" == reasons[str(running.resolve())]
 
 
 @pytest.mark.parametrize("damage", ["truncate_parquet", "delete_parquet", "bad_json"])
-def test_damaged_job_is_skipped_with_a_warning_naming_the_file(tmp_path, damage):
-    cartpole_job(tmp_path, 10, 0.1, 0, 100.0)
-    bad = cartpole_job(tmp_path, 10, 0.1, 1, 90.0)
+def test_damaged_job_is_skipped_with_a_warning_naming_the_file(cartpole_runs, tmp_path, damage):
+    sweep = copy_sweep(cartpole_runs, tmp_path)
+    bad = job_dirs(sweep)[1]
     if damage == "truncate_parquet":
         file = bad / "summary.parquet"
         file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
@@ -244,12 +235,100 @@ def test_damaged_job_is_skipped_with_a_warning_naming_the_file(tmp_path, damage)
         file = bad / "metadata.json"
         file.write_text('{"experiment": "cartpole", "status": ')
     with pytest.warns(ResultFileWarning, match=str(file.resolve().name)) as caught:
-        results = load_results(tmp_path)
+        results = load_results(sweep)
     assert any(str(file.resolve()) in str(w.message) for w in caught)
-    assert results.cartpole_summary["seed"].tolist() == [0]
-    assert results.cartpole_history["seed"].unique().tolist() == [0]
+    assert str(bad.resolve()) not in set(results.cartpole_summary["run_dir"])
+    assert str(bad.resolve()) not in set(results.cartpole_history["run_dir"])
+    assert len(results.runs) == 3
     assert [path for path, _ in results.skipped] == [str(bad.resolve())]
     assert str(file.resolve()) in results.skipped[0][1]
+
+
+@pytest.mark.parametrize("stem", ["summary", "history", "gradient_quality"])
+def test_a_table_without_its_schema_columns_skips_the_job_with_its_reason(
+    cartpole_runs, tmp_path, stem
+):
+    """A table written with other columns (here: without one the schema requires) used to
+    be loaded and crash the report (summary: TypeError) or drop rows silently."""
+    sweep = copy_sweep(cartpole_runs, tmp_path)
+    bad = job_dirs(sweep)[0]
+    file = bad / f"{stem}.parquet"
+    spec = schema.CARTPOLE.table(stem)
+    dropped = spec.columns[0]
+    pd.read_parquet(file).drop(columns=[dropped]).to_parquet(file, index=False)
+    with pytest.warns(ResultFileWarning, match="schema mismatch"):
+        results = load_results(sweep)
+    (skip,) = results.skipped
+    assert skip[0] == str(bad.resolve())
+    assert skip[1].startswith(f"schema mismatch: {file.resolve()} lacks column(s) {dropped}")
+    assert len(results.runs) == 3 and str(bad.resolve()) not in set(results.runs["run_dir"])
+    for name in ("cartpole_history", "cartpole_summary", "gradient_quality"):
+        assert str(bad.resolve()) not in set(getattr(results, name)["run_dir"]), name
+
+
+def test_wrong_column_estimator_results_are_skipped_not_dropped(estimator_sweep, tmp_path):
+    copy = tmp_path / "estimator"
+    shutil.copytree(estimator_sweep, copy)
+    bad = job_dirs(copy)[0]
+    file = bad / "results.parquet"
+    pd.read_parquet(file).rename(columns={"relative_bias": "rel_bias"}).to_parquet(file)
+    with pytest.warns(ResultFileWarning, match="relative_bias"):
+        results = load_results(copy)
+    assert results.skipped == [
+        (
+            str(bad.resolve()),
+            f"schema mismatch: {file.resolve()} lacks column(s) relative_bias that "
+            f"pglab.schema requires of estimator_variance/results",
+        )
+    ]
+    assert len(results.estimator) == (len(MDPS) * len(ESTIMATORS) - 1) * len(BATCH_SIZES)
+
+
+def test_job_without_metadata_is_listed_not_left_out(cartpole_runs, tmp_path):
+    sweep = copy_sweep(cartpole_runs, tmp_path)
+    lost = job_dirs(sweep)[2]
+    (lost / "metadata.json").unlink()
+    with pytest.warns(ResultFileWarning, match="no metadata.json"):
+        results = load_results(sweep)
+    (skip,) = results.skipped
+    assert skip[0] == str(lost.resolve())
+    assert skip[1].startswith("no metadata.json: the directory holds ")
+    assert "history.parquet" in skip[1] and "summary.parquet" in skip[1]
+    assert skip_kind(skip[1]) == "no metadata.json"
+    assert len(results.runs) == 3
+
+
+def test_only_metadata_less_jobs_still_load_as_zero_jobs(cartpole_runs, tmp_path):
+    sweep = copy_sweep(cartpole_runs, tmp_path)
+    for job in job_dirs(sweep):
+        (job / "metadata.json").unlink()
+    with pytest.warns(ResultFileWarning):
+        results = load_results(sweep)
+    assert results.runs.empty and len(results.skipped) == 4
+    assert skipped_summary(results.skipped) == "4 no metadata.json"
+
+
+def to_old_gradient_quality(frame: pd.DataFrame) -> pd.DataFrame:
+    """The table as written before pglab.schema: n_trajectories was the batch N and
+    train_n_trajectories the training N."""
+    return frame.rename(
+        columns={"n_trajectories": "train_n_trajectories", "batch_n_trajectories": "n_trajectories"}
+    )
+
+
+def test_old_gradient_quality_files_are_mapped_on_load(cartpole_runs, tmp_path):
+    sweep = copy_sweep(cartpole_runs, tmp_path)
+    current = load_results(sweep).gradient_quality
+    assert set(current["batch_n_trajectories"]) == {1, 2}
+    assert set(current["n_trajectories"]) == {1, 2}  # the training N of each run
+    for file in sweep.rglob("gradient_quality.parquet"):
+        frame = pd.read_parquet(file)
+        if "batch_n_trajectories" in frame.columns:
+            to_old_gradient_quality(frame).to_parquet(file, index=False)
+    old = load_results(sweep)
+    assert old.skipped == []
+    pd.testing.assert_frame_equal(old.gradient_quality, current[old.gradient_quality.columns])
+    assert list(old.gradient_quality.columns) == list(current.columns)
 
 
 def test_no_results_is_a_clear_error(tmp_path):
@@ -327,11 +406,30 @@ def test_collapse_table_counts_and_clopper_pearson_interval():
     assert (table.loc[0, "ci_low"], table.loc[0, "ci_high"]) == (ci.low, ci.high)
 
 
-def test_loglog_slope_of_a_power_law_is_its_exponent():
+def test_loglog_fit_of_a_power_law_is_its_exponent():
     n = np.array([1, 10, 100, 1000])
-    fit = stats.loglog_slope(n, 3.0 / n)
+    fit = stats.loglog_fit(n, 3.0 / n)
     assert fit["slope"] == pytest.approx(-1.0, abs=1e-12)
-    assert np.isnan(stats.loglog_slope([5], [1.0])["slope"])
+    assert fit["intercept"] == pytest.approx(np.log10(3.0), abs=1e-12)
+    assert np.isnan(stats.loglog_fit([5], [1.0])["slope"])
+    assert not hasattr(stats, "loglog_slope")  # one name, one concept: pglab.stats has that
+
+
+def test_step_resample_reads_each_run_as_a_step_function_on_the_common_span():
+    frame = pd.DataFrame(
+        {
+            "cell": ["a"] * 5,
+            "run_dir": ["r0", "r0", "r0", "r1", "r1"],
+            "env_steps": [10, 30, 60, 20, 50],
+            "return_mean": [1.0, 2.0, 3.0, 10.0, 20.0],
+        }
+    )
+    out = stats.step_resample(frame, ["cell"], "env_steps", "return_mean", 4, "run_dir")
+    # common span: from the latest first step (20) to the earliest last step (50)
+    assert sorted(out["env_steps"].unique()) == [20, 30, 40, 50]
+    r0 = out[out["run_dir"] == "r0"]["return_mean"].tolist()
+    r1 = out[out["run_dir"] == "r1"]["return_mean"].tolist()
+    assert r0 == [1.0, 2.0, 2.0, 2.0] and r1 == [10.0, 10.0, 10.0, 20.0]
 
 
 # ---------------------------------------------------------------------------- 5. W&B
@@ -469,11 +567,14 @@ def test_warnings_are_not_raised_for_a_clean_load(estimator_sweep):
 
 
 def test_analysis_never_imports_training_code():
-    """analysis/ reads stored results only: importing it loads no pglab or experiments module."""
+    """analysis/ reads stored results only: importing it loads the dependency-free result
+    schema (pglab.schema) and no other pglab module, no job runtime and no torch/gymnasium."""
     code = (
         "import sys, analysis.load, analysis.stats, analysis.figures, analysis.report, "
-        "analysis.wandb_source\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('pglab', 'experiments'))\n"
+        "analysis.report.cli, analysis.wandb_source\n"
+        "roots = ('pglab', 'experiments', 'pglab_jobs', 'torch', 'gymnasium')\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in roots\n"
+        "             and m not in ('pglab', 'pglab.schema'))\n"
         "print(bad)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
