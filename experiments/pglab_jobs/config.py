@@ -308,10 +308,11 @@ def _mdp(node: Any) -> MDPSettings:
         params["gamma"] = checks.discount("mdp.gamma", params["gamma"])
     try:
         built = zoo.make(name, **params)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError, OSError) as error:
+    except (ValueError, TypeError, OSError) as error:  # ConfigError is a ValueError
         message = " ".join(str(error).split())
+        # the zoo names its parameter ("slip must be ..."): name it as users type it
+        if message.split(" ", 1)[0].split("=")[0] in known:
+            raise ConfigError(f"mdp.{message}") from None
         raise ConfigError(f"mdp={name}: {message}") from None
     return MDPSettings(name=name, params=params, built=built)
 
