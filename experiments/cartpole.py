@@ -9,7 +9,12 @@ pglab/collapse.py), and optionally measure gradient quality at checkpoints.
     python experiments/cartpole.py -m experiment=cartpole_grid hydra/launcher=joblib
 
 Writes ``history.parquet`` (per iteration), ``summary.parquet`` (one row), optionally
-``gradient_quality.parquet``, and ``metadata.json`` into the job directory.
+``gradient_quality.parquet`` (``n_trajectories`` the training N, ``batch_n_trajectories``
+the N of the batches measured), and ``metadata.json`` into the job directory; columns as
+declared in ``pglab.schema.CARTPOLE``. Directories and the W&B job type are named after the
+env (``env_id=Acrobot-v1`` -> ``runs/acrobot/``, ``multirun/acrobot/<sweep_name>/``); the
+``experiment`` of ``metadata.json`` stays ``cartpole`` (this app). Every key is declared and
+checked in ``pglab_jobs.config.CartPoleSettings``.
 """
 
 from __future__ import annotations
