@@ -210,7 +210,9 @@ def _read(settings: type, node: Any, prefix: str = "") -> Any:
         if "doc" not in item.metadata:
             continue  # derived, not a config key
         dotted = f"{prefix}{item.name}"
-        if "group" in item.metadata:
+        if "read" in item.metadata:  # a group with its own reader (mdp)
+            values[item.name] = item.metadata["read"](node.get(item.name))
+        elif "group" in item.metadata:
             child = node.get(item.name) if item.name in node else None
             if child is None:
                 raise ConfigError(f"{dotted} is missing from the config")
@@ -333,26 +335,8 @@ class LogitsSettings:
 class _TabularSettings(RunSettings):
     policy: LogitsSettings = group("initial softmax logits", LogitsSettings)
     mdp: MDPSettings = field(
-        metadata={"doc": "the MDP: mdp=<preset>, mdp.<param>=value", "mdp": True}
+        metadata={"doc": "the MDP: mdp=<preset>, mdp.<param>=value", "read": _mdp}
     )
-
-
-def _read_tabular(settings: type, cfg: DictConfig) -> Any:
-    """Like :func:`_read`, plus the ``mdp`` group (its keys are the zoo constructor's)."""
-    if not isinstance(cfg, DictConfig):
-        raise ConfigError(f"the config must be a mapping of keys, got {cfg!r}")
-    values = {}
-    for item in dataclasses.fields(settings):
-        if item.metadata.get("mdp"):
-            values[item.name] = _mdp(cfg.get("mdp"))
-        elif "group" in item.metadata:
-            child = cfg.get(item.name) if item.name in cfg else None
-            if child is None:
-                raise ConfigError(f"{item.name} is missing from the config")
-            values[item.name] = _read(item.metadata["group"], child, f"{item.name}.")
-        elif "doc" in item.metadata:
-            values[item.name] = item.metadata["check"](item.name, _get(cfg, item.name, item.name))
-    return settings(**values)
 
 
 # ---------------------------------------------------------------------------------------
@@ -547,17 +531,17 @@ def _check_cartpole(settings: CartPoleSettings) -> CartPoleSettings:
 # ---------------------------------------------------------------------------------------
 def validate_estimator_variance(cfg: DictConfig) -> EstimatorVarianceSettings:
     """The estimator study's settings, or ConfigError naming the first bad key."""
-    return _read_tabular(EstimatorVarianceSettings, cfg)
+    return _read(EstimatorVarianceSettings, cfg)
 
 
 def validate_calibration(cfg: DictConfig) -> CalibrationSettings:
     """The calibration's settings, or ConfigError naming the first bad key."""
-    return _read_tabular(CalibrationSettings, cfg)
+    return _read(CalibrationSettings, cfg)
 
 
 def validate_tabular_ascent(cfg: DictConfig) -> TabularAscentSettings:
     """The tabular ascent's settings, or ConfigError naming the first bad key."""
-    return _read_tabular(TabularAscentSettings, cfg)
+    return _read(TabularAscentSettings, cfg)
 
 
 def validate_cartpole(cfg: DictConfig) -> CartPoleSettings:
