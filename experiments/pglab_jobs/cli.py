@@ -22,6 +22,8 @@ compose API (same config directory, same overrides), then:
    range/glob sweeps, other sweeper plugins), a 150-job grid would be composed 150 times
    before the first job starts, and a sweep of, say, step sizes where one value is out of
    range should still run the others and report the bad one, as any other failed job.
+   A bad value of a key that is not swept fails every job the same way, each at once and
+   before any work (nothing but the job's status file is written).
 
 What pre-flight does not understand it leaves to Hydra: ``--help``, ``--hydra-help``,
 ``--cfg``, ``--info``, ``--shell-completion``, ``--config-path``/``--config-dir``,
@@ -42,7 +44,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from pglab.checks import ConfigError, did_you_mean
 
-#: The apps' config directory (experiments/pglab_jobs/cli.py -> conf/).
+#: The apps' config directory in a checkout (experiments/pglab_jobs/cli.py -> conf/).
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 #: Exit status of a command-line error (argparse's).
 EXIT_USAGE = 2
@@ -68,16 +70,27 @@ def preflight(
 ) -> None:
     """Check the command line ``argv`` (default ``sys.argv[1:]``) of the app whose primary
     config is ``conf/<config_name>.yaml``; print one line and exit 2 on an error, return
-    otherwise (then Hydra runs as usual)."""
+    otherwise (then Hydra runs as usual).
+
+    The config directory is the one ``@hydra.main(config_path="../conf")`` reads: ``conf/``
+    beside the running app's folder (:data:`CONFIG_DIR` if there is none).
+    """
+    script_conf = Path(sys.argv[0]).resolve().parent.parent / "conf"
+    config_dir = script_conf if script_conf.is_dir() else CONFIG_DIR
     try:
-        check_command_line(config_name, validate, sys.argv[1:] if argv is None else argv)
+        check_command_line(
+            config_name, validate, sys.argv[1:] if argv is None else argv, config_dir
+        )
     except ConfigError as error:
         print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
 
 
 def check_command_line(
-    config_name: str, validate: Callable[[DictConfig], Any], argv: list[str]
+    config_name: str,
+    validate: Callable[[DictConfig], Any],
+    argv: list[str],
+    config_dir: Path = CONFIG_DIR,
 ) -> Any:
     """The checks of :func:`preflight`, raising :class:`ConfigError`.
 
@@ -99,11 +112,13 @@ def check_command_line(
         overrides = OverridesParser.create().parse_overrides(args.overrides)
     except HydraException:
         return None  # a syntax error: Hydra's message points at the character
-    return _Checker(args.config_name or config_name, overrides).run(validate, args.multirun)
+    checker = _Checker(config_dir, args.config_name or config_name, overrides)
+    return checker.run(validate, args.multirun)
 
 
 class _Checker:
-    def __init__(self, config_name: str, overrides: list) -> None:
+    def __init__(self, config_dir: Path, config_name: str, overrides: list) -> None:
+        self.config_dir = config_dir
         self.config_name = config_name
         self.overrides = overrides
 
@@ -111,7 +126,7 @@ class _Checker:
         from hydra import initialize_config_dir
         from hydra.core.global_hydra import GlobalHydra
 
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(self.config_dir), version_base="1.3"):
             self.loader = GlobalHydra.instance().config_loader()
             base = self._compose([], hydra=True)
             if base is None:
