@@ -48,7 +48,10 @@ def levels(series: pd.Series) -> list:
 
 
 def fmt(value) -> str:
-    """A value as a label: floats in ``%g`` form (``0.001``, ``1e-05``), others as ``str``."""
+    """A value as a label: floats in ``%g`` form (``0.001``, ``1e-05``), a list or tuple as
+    ``[a, b]`` of its formatted items, others as ``str``."""
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(fmt(v) for v in value) + "]"
     return f"{value:g}" if isinstance(value, float | np.floating) else str(value)
 
 

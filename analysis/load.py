@@ -355,9 +355,10 @@ def varying_keys(configs: list[dict[str, Any]]) -> list[str]:
 
 
 def _column_equals(column: pd.Series, value: Any) -> bool:
+    """Whether every cell of ``column`` equals ``value`` (element by element, any types)."""
     try:
-        return bool((column.map(_hashable) == value).all()) if len(column) else True
-    except (TypeError, ValueError):
+        return all(bool(_hashable(cell) == value) for cell in column)
+    except (TypeError, ValueError):  # e.g. an array compared with a scalar
         return False
 
 

@@ -19,6 +19,11 @@ from analysis.report.common import (
 )
 from pglab.schema import CALIBRATION
 
+#: A cell: the identity without the seed, and N (pooled over seeds and studies).
+CELL = [
+    *(k for k in CALIBRATION.identity if k != "seed"),
+    *(k for k in CALIBRATION.table("calibration").index if k != "study"),
+]
 MIN_DECIDED_STUDIES = 20  # coverage is drawn only where this many studies gave an interval
 N_LABEL = "batch size N (trajectories)"
 
@@ -158,7 +163,7 @@ def _tables(section: Section, rates: pd.DataFrame, keys: Sequence[str]) -> None:
         "known-biased estimator) per cell: biases below the noise floor √(tr Cov/K) are "
         "not detectable, so power falls with N for baseline_batch_mean (bias ∇J/N).",
         rates,
-        [*keys, "mdp", "estimator", "n_trajectories"],
+        [*keys, *CELL],
     )
     worst = (
         rates.groupby([*keys, "mdp", "kind"], dropna=False)

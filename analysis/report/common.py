@@ -85,7 +85,9 @@ def varying(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
 
 
 def slug(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-." else "-" for ch in text).strip("-")
+    """``"[reinforce, reward_to_go]"`` -> ``"reinforce-reward-to-go"``: for file names."""
+    kept = "".join(ch if ch.isalnum() or ch in "-." else "-" for ch in text)
+    return "-".join(part for part in kept.split("-") if part)
 
 
 def split_by(

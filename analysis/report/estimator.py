@@ -25,7 +25,11 @@ from analysis.report.common import (
 )
 from pglab.schema import ESTIMATOR_VARIANCE
 
-ESTIMATOR_CELL = ["mdp", "estimator", "n_trajectories"]
+#: A cell: the identity without the seed, and the row's N (pooled over seeds).
+ESTIMATOR_CELL = [
+    *(k for k in ESTIMATOR_VARIANCE.identity if k != "seed"),
+    *ESTIMATOR_VARIANCE.table("results").index,
+]
 ESTIMATOR_METRICS = [
     "relative_bias",
     "relative_noise_floor",

@@ -38,7 +38,8 @@ COLLAPSE_VALIDATION = (
 #: Identity columns that split a section into separate figures when they vary (the env
 #: id splits sections); N and α are the axes of every figure.
 CONTEXT = [c for c in CARTPOLE.context if c != "env_id"]
-CELL = ["n_trajectories", "step_size"]
+#: The axes of every figure: the identity keys that are neither context nor the seed (N, α).
+CELL = [k for k in CARTPOLE.identity if k not in CARTPOLE.context and k != "seed"]
 STEPS = "env_steps"  # cumulative real environment steps (the budget's unit)
 CURVE_POINTS = 200
 
