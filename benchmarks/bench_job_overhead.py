@@ -11,12 +11,21 @@ one process, joblib reuses its workers), so the benchmark also runs a 10-job mul
 trivial CartPole jobs and reports the marginal cost of one more job:
 (wall(10 jobs) − wall(1 job)) / 9.
 
-    .venv/bin/python benchmarks/bench_job_overhead.py [--repeats 5]
+The skip benchmark (issue 9) builds a finished sweep of ``--skip-jobs`` (200) trivial jobs,
+then times the skip decision inside the job, ``run_job`` on a finished job from entry to
+return, in process, for every job, against the procedure it replaced (package versions and
+git state collected first, then an ``rglob`` of the whole sweep directory for a twin),
+timed in the same run on the same sweep. Target: <= 20 ms per finished job. It also
+times re-running the whole finished sweep as a user would (interpreter, Hydra's own
+per-job work included).
+
+    .venv/bin/python benchmarks/bench_job_overhead.py [--repeats 5] [--skip-jobs 200] [--only-skip]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -51,10 +60,118 @@ def wall(cmd: list[str], repeats: int) -> float:
     return statistics.median(times)
 
 
+def _old_skip_decision(sweep_dir: Path, config: dict, overrides: list[str]) -> bool:
+    """The skip check as it was: metadata (versions, git) first, then an rglob of the sweep."""
+    from pglab_jobs import metadata
+
+    metadata._package_versions.cache_clear()  # it was collected afresh for every job
+    metadata._git_state.cache_clear()
+    meta = metadata.base_metadata("tabular_ascent", config, overrides)
+    for meta_file in sweep_dir.rglob("metadata.json"):
+        try:
+            other = json.loads(meta_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if other.get("job_hash") == meta["job_hash"] and other.get("status") in (
+            "complete",
+            "diverged",
+        ):
+            if all((meta_file.parent / n).is_file() for n in other.get("result_files", [])):
+                return True
+    return False
+
+
+def skip_benchmark(n_jobs: int) -> None:
+    import logging
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+    from pglab_jobs.job import run_job
+
+    logging.getLogger("pglab").setLevel(logging.WARNING)  # no per-job log lines in the timing
+    py = sys.executable
+    with tempfile.TemporaryDirectory() as out:
+        seeds = ",".join(map(str, range(n_jobs)))
+        sweep_cmd = [
+            py,
+            "experiments/tabular_ascent.py",
+            "-m",
+            f"paths.output_dir={out}",
+            "sweep_name=skip",
+            "logger=none",
+            "progress=false",
+            "n_iterations=1",
+            f"seed={seeds}",
+        ]
+        start = time.perf_counter()
+        subprocess.run(sweep_cmd, cwd=REPO, check=True, capture_output=True)
+        first_run = time.perf_counter() - start
+        sweep = Path(out) / "multirun" / "tabular_ascent" / "skip"
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            base = compose(
+                "tabular_ascent",
+                overrides=[f"paths.output_dir={out}", "sweep_name=skip", "logger=none"]
+                + ["progress=false", "n_iterations=1"],
+                return_hydra_config=True,
+            )
+        cfgs = []
+        for seed in range(n_jobs):
+            cfg = base.copy()
+            cfg.seed = seed
+            name = f"n_iterations=1,seed={seed}"
+            cfg.hydra.runtime.output_dir = str(sweep / name)
+            cfg.hydra.mode = RunMode.MULTIRUN
+            cfg.hydra.sweep.dir = str(sweep)
+            cfg.hydra.job.override_dirname = name
+            cfg.hydra.overrides.task = [f"seed={seed}", "n_iterations=1"]
+            cfgs.append(cfg)
+
+        def never(ctx):
+            raise AssertionError("a finished job was not skipped")
+
+        new, old = [], []
+        for cfg in cfgs:
+            HydraConfig.instance().set_config(cfg)
+            task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])  # as Hydra does
+            start = time.perf_counter()
+            status = run_job(task, "tabular_ascent", never)
+            new.append(time.perf_counter() - start)
+            assert status == "skipped", status
+            start = time.perf_counter()
+            found = _old_skip_decision(
+                sweep, OmegaConf.to_container(task, resolve=True), list(cfg.hydra.overrides.task)
+            )
+            old.append(time.perf_counter() - start)
+            assert found
+        start = time.perf_counter()
+        rerun = subprocess.run(sweep_cmd, cwd=REPO, check=True, capture_output=True, text=True)
+        second_run = time.perf_counter() - start
+        assert f"0 done, {n_jobs} skipped" in rerun.stdout, rerun.stdout[-2000:]
+    new_ms = 1000 * statistics.mean(new)
+    old_ms = 1000 * statistics.mean(old)
+    print(f"skip decision inside the job, {n_jobs} finished jobs of one sweep:")
+    print(
+        f"  now:          {new_ms:7.2f} ms per job (median {1000 * statistics.median(new):.2f},"
+        f" max {1000 * max(new):.2f}) (target <= 20 ms: {'OK' if new_ms <= 20 else 'OVER'})"
+    )
+    print(f"  old procedure:{old_ms:7.2f} ms per job -> {old_ms / new_ms:.0f}x slower")
+    print(
+        f"  whole sweep as a user runs it: first run {first_run:.1f} s, re-run {second_run:.1f} s"
+        f" ({1000 * second_run / n_jobs:.0f} ms per skipped job, interpreter and Hydra included)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip-jobs", type=int, default=200)
+    parser.add_argument("--only-skip", action="store_true", help="only the skip benchmark")
     args = parser.parse_args()
+    skip_benchmark(args.skip_jobs)
+    if args.only_skip:
+        return
     py = sys.executable
     figures = {
         "python -c pass": wall([py, "-c", "pass"], args.repeats),

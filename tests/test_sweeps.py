@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -116,50 +119,113 @@ def test_failed_job_is_reported_and_rerun(tmp_path):
     assert proc.returncode != 0
     assert "1 done" in proc.stdout and "1 failed" in proc.stdout, proc.stdout
     (failed,) = (tmp_path / "multirun" / "estimator_variance" / "f").glob("*mdp.horizon=0*")
-    meta = storage.read_metadata(failed)
-    assert meta["status"] == "failed" and "horizon" in meta["error"]
+    # A config error is caught before anything is written: only the job's status records it,
+    # with the one-line message naming the key, and the log shows that line, no traceback.
+    status = json.loads((failed / "job_status.json").read_text())
+    assert status["status"] == "failed" and "mdp.horizon" in status["error"], status
+    assert not (failed / "metadata.json").exists()
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output, output
+    (line,) = [ln for ln in output.splitlines() if "config error" in ln]
+    assert "mdp.horizon" in line and "0" in line
     again = run_app("estimator_variance.py", *args, check=False)
     assert "1 skipped" in again.stdout and "1 failed" in again.stdout  # failed jobs run again
 
 
+def closed_port() -> int:
+    """A local TCP port nothing listens on: connecting is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def silent_server():
+    """A local TCP server that accepts connections and never answers (a W&B server that
+    hangs): the reachability probe succeeds, ``wandb.init`` online times out."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        server.close()
+
+
+# No test needs network or a W&B account: the server W&B talks to is a local port that
+# refuses (unreachable), or a local server that accepts and never answers (hangs).
 @pytest.mark.parametrize(
-    ("overrides", "env", "warning"),
+    ("overrides", "server", "key", "warning"),
     [
-        (["logger.mode=bogus"], {}, "logger.mode='bogus'"),
-        (["logger.mode=online"], {"WANDB_API_KEY": ""}, "W&B could not start in mode 'online'"),
+        (["logger.mode=bogus"], None, None, "logger.mode='bogus'"),
+        (["logger.mode=online"], "refused", "0" * 40, "W&B is unreachable"),
         (
             ["logger.mode=online", "logger.init_timeout=3"],
-            {"WANDB_API_KEY": "0" * 40},
+            "silent",
+            None,
+            "W&B could not start in mode 'online'",
+        ),
+        (
+            ["logger.mode=online", "logger.init_timeout=3"],
+            "silent",
+            "0" * 40,
             "W&B could not start in mode 'online'",
         ),
     ],
-    ids=["bad-mode", "online-no-account", "online-no-network"],
+    ids=["bad-mode", "online-unreachable", "online-no-account", "online-server-hangs"],
 )
-def test_wandb_failure_keeps_local_results(tmp_path, overrides, env, warning):
-    full_env = {**os.environ, **env}
+def test_wandb_failure_keeps_local_results(tmp_path, overrides, server, key, warning):
+    """W&B never costs the local results; online falls back to an offline run."""
+    full_env = {**os.environ}
     full_env.pop("WANDB_MODE", None)  # let logger.mode decide
-    if not env.get("WANDB_API_KEY", "x"):
-        full_env.pop("WANDB_API_KEY", None)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "experiments" / "tabular_ascent.py"),
-            f"paths.output_dir={tmp_path}",
-            "n_iterations=3",
-            "progress=false",
-            *overrides,
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=full_env,
-    )
+    full_env.pop("WANDB_API_KEY", None)
+    if key:
+        full_env["WANDB_API_KEY"] = key
+    with contextlib.ExitStack() as stack:
+        if server == "refused":
+            full_env["WANDB_BASE_URL"] = f"http://127.0.0.1:{closed_port()}"
+        elif server == "silent":
+            full_env["WANDB_BASE_URL"] = stack.enter_context(silent_server())
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "experiments" / "tabular_ascent.py"),
+                f"paths.output_dir={tmp_path}",
+                "n_iterations=3",
+                "progress=false",
+                *overrides,
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=full_env,
+        )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert warning in proc.stderr
     (job,) = [p.parent for p in tmp_path.rglob("metadata.json")]
     assert storage.is_finished(job)
     assert len(pd.read_parquet(job / "history.parquet")) == 3
+    if server:  # online that cannot work logs offline instead, to upload later
+        assert len(list(job.glob("wandb/offline-run-*/run-*.wandb"))) == 1
+        assert "logging offline instead" in proc.stderr
 
 
 def test_nan_during_training_ends_run_as_diverged_with_results(tmp_path):

@@ -1,43 +1,68 @@
-"""The life of one job: resume check, metadata, W&B, atomic results, clean status.
+"""The life of one job: config check, resume check, metadata, W&B, atomic results, status.
 
-Every experiment's ``main`` is ``run_job(cfg, "<experiment>", body)``, where ``body``
-takes a :class:`JobContext` and returns a :class:`JobOutput`. The order is fixed:
+Every experiment's ``main`` is ``run_job(cfg, "<experiment>", body, validate=...)``, where
+``body`` takes a :class:`JobContext` and returns a :class:`JobOutput`. The order is fixed:
 
-1. resolve the config; compute the job hash (config without output/reporting keys);
+1. check the config (``validate(cfg)``, ``threads``) and resolve it; compute the job hash
+   (config without :data:`pglab.schema.NON_SEMANTIC_KEYS`). Nothing is written before this;
+   a config error ends the job as ``failed`` with one log line and writes only its
+   ``job_status.json``;
 2. in a multirun with ``resume=true``, skip the job if a finished job with the same hash
-   already sits in the sweep directory;
+   already sits in the sweep directory *and its result files are intact* (sizes and sha256
+   recorded in its metadata; a damaged job is recomputed). This comes before anything slow
+   (package versions, git), so re-running a finished sweep costs milliseconds per job;
 3. write ``metadata.json`` with status ``running``; start W&B (offline by default);
 4. run ``body``; write every result table as parquet (atomic), *then* log to W&B;
 5. rewrite ``metadata.json`` with status ``complete`` / ``diverged`` (or ``failed`` and the
-   error); finish W&B and print the ``wandb sync`` command.
+   error), the result file names (``result_files``) and their digests
+   (``result_digests``: ``{name: {"sha256": hex, "bytes": size}}``); finish W&B; log one
+   closing line with the job's key numbers.
 
 A job is finished only once step 5 has renamed ``metadata.json`` into place, so a job
-killed at any point is re-run by the next attempt.
+killed at any point is re-run by the next attempt. Any failure, including a full disk while
+the failure itself is being recorded, ends the job ``failed`` as far as anything can still
+be written, and in a multirun the sweep goes on (the end-of-sweep summary counts it). In a
+single run the error is raised.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from pglab_jobs import storage
-from pglab_jobs.metadata import base_metadata
+from pglab import checks
+from pglab.schema import JOB_STATUS_FILE, METADATA_FILE
+from pglab_jobs import job_dirname, storage
+from pglab_jobs import progress as sweep_progress
+from pglab_jobs.metadata import base_metadata, job_hashes
 from pglab_jobs.progress import Progress
-from pglab_jobs.tracking import Tracker
+from pglab_jobs.tracking import DECISION_FILE, Tracker
 
 log = logging.getLogger("pglab")
-JOB_STATUS_FILE = "job_status.json"
+
+#: Summary entries shown on a job's closing line, in this order, when present.
+KEY_NUMBERS = (
+    "final_return",
+    "collapsed",
+    "auc",
+    "final_suboptimality_stationary",
+    "size_overall",
+    "decided_fraction",
+    "env_steps",
+    "iterations",
+)
 
 
 @dataclass
@@ -48,9 +73,10 @@ class JobContext:
     tracker: Tracker
     show_progress: bool = True
     settings: Any = None  # the app's typed, validated config (what ``validate`` returned)
+    show_bar: bool = True  # False in worker processes that share a terminal (line mode)
 
     def progress(self, total: int, desc: str) -> Progress:
-        return Progress(total, desc, enabled=self.show_progress)
+        return Progress(total, desc, enabled=self.show_progress, bar=self.show_bar)
 
 
 @dataclass
@@ -61,20 +87,76 @@ class JobOutput:
     wandb_tables: tuple[str, ...] = ()  # which tables to also log to W&B as tables
 
 
-def _hydra_facts() -> tuple[Path, bool, str | None, str, list[str]]:
+@dataclass
+class _Facts:
+    run_dir: Path
+    multirun: bool
+    sweep_dir: Path | None
+    name: str
+    overrides: list[str]
+    job_num: int | None
+    worker: bool  # runs in a process other than the one that owns the terminal
+
+
+def _hydra_facts() -> _Facts:
     hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    sweep_dir = Path(hc.sweep.dir) if multirun else None
-    name = hc.job.override_dirname or "default"
-    return run_dir, multirun, str(sweep_dir) if sweep_dir else None, name, list(hc.overrides.task)
+    launcher = str(hc.launcher.get("_target_", "")) if hc.get("launcher") else ""
+    num = hc.job.get("num")
+    return _Facts(
+        run_dir=Path(hc.runtime.output_dir),
+        multirun=multirun,
+        sweep_dir=Path(hc.sweep.dir) if multirun else None,
+        name=job_dirname(hc.job.override_dirname) or "default",
+        overrides=list(hc.overrides.task),
+        job_num=int(num) if isinstance(num, int) else None,
+        worker=multirun and not launcher.endswith("BasicLauncher"),
+    )
 
 
-def _finished_twin(sweep_dir: Path, job_hash: str) -> Path | None:
-    for meta_file in sweep_dir.rglob(storage.METADATA_FILE):
-        meta = storage.read_metadata(meta_file.parent)
-        if meta and meta.get("job_hash") == job_hash and storage.is_finished(meta_file.parent):
-            return meta_file.parent
+def _job_dirs(sweep_dir: Path) -> Iterator[Path]:
+    """Job directories under ``sweep_dir``: those holding ``metadata.json``.
+
+    Walks like ``rglob`` (job directories of old sweeps may be nested) but never enters a
+    job directory, ``wandb`` or a hidden directory, where the bulk of a sweep's files lie.
+    """
+    stack = [(sweep_dir, True)]
+    while stack:
+        folder, is_root = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        if any(entry.name == METADATA_FILE for entry in entries):
+            yield Path(folder)
+            if not is_root:
+                continue
+        for entry in entries:
+            if entry.name.startswith(".") or entry.name == "wandb":
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((Path(entry.path), False))
+            except OSError:
+                continue
+
+
+def _finished_twin(sweep_dir: Path, run_dir: Path, hashes: tuple[str, ...]) -> Path | None:
+    """A finished, intact job with one of ``hashes`` in the sweep: this job's own directory
+    first (a re-run sweep), then any other (same config under other overrides)."""
+    meta = storage.read_metadata(run_dir)
+    if meta and meta.get("job_hash") in hashes:
+        problem = storage.result_problem(run_dir, meta)
+        if problem is None:
+            return run_dir
+        if meta.get("status") in storage.FINISHED_STATUSES:
+            log.warning("recomputing %s: %s", run_dir.name, problem)
+    for job_dir in _job_dirs(sweep_dir):
+        if job_dir == run_dir:
+            continue
+        meta = storage.read_metadata(job_dir)
+        if meta and meta.get("job_hash") in hashes and storage.is_finished(job_dir, meta):
+            return job_dir
     return None
 
 
@@ -93,9 +175,74 @@ def _set_aside_earlier_wandb_runs(run_dir: Path) -> None:
             path.rename(superseded / path.name)
 
 
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
 def _job_status(run_dir: Path, status: str, **extra: Any) -> None:
     stamp = datetime.now(UTC).isoformat(timespec="microseconds")
-    storage.write_json({"status": status, "at": stamp, **extra}, run_dir / JOB_STATUS_FILE)
+    record = {"status": status, "at": stamp, **extra}
+    storage.write_json(record, run_dir / JOB_STATUS_FILE, durable=False)
+
+
+def _best_effort(what: str, run_dir: Path, write: Callable[[], Any]) -> bool:
+    """Run ``write``; on an OS error (disk full, quota, ...) log one line and return False."""
+    try:
+        write()
+    except OSError as error:
+        log.error("could not write %s in %s: %s", what, run_dir, error.strerror or error)
+        return False
+    return True
+
+
+def _record_failure(run_dir: Path, meta: dict[str, Any] | None, error_text: str) -> None:
+    """Write the failure as far as the disk allows; never raises an OS error."""
+    if meta is not None:
+        written = _best_effort(
+            METADATA_FILE, run_dir, lambda: storage.write_json(meta, run_dir / METADATA_FILE)
+        )
+        if not written:  # room for a few hundred bytes, maybe: say at least that it failed
+            small = {
+                key: meta.get(key)
+                for key in ("experiment", "job_hash", "run_dir", "started_at", "finished_at")
+            }
+            small.update(status="failed", error=error_text, incomplete_metadata=True)
+            _best_effort(
+                f"{METADATA_FILE} (short form)",
+                run_dir,
+                lambda: storage.write_json(small, run_dir / METADATA_FILE),
+            )
+    _best_effort(JOB_STATUS_FILE, run_dir, lambda: _job_status(run_dir, "failed", error=error_text))
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def closing_line(
+    experiment: str, status: str, wall_s: float, summary: dict[str, Any], run_dir: Path
+) -> str:
+    """``cartpole complete in 12.3s: final_return=187.2, collapsed=False -> <run_dir>``."""
+    numbers = [
+        f"{key}={_format(summary[key])}" for key in KEY_NUMBERS if summary.get(key) is not None
+    ][:5]
+    if not numbers:  # an app without the usual keys: its first few scalars
+        scalars = [
+            (k, v)
+            for k, v in summary.items()
+            if isinstance(v, int | float | bool) and k not in ("seed", "status")
+        ]
+        numbers = [f"{k}={_format(v)}" for k, v in scalars[:4]]
+    shown = f": {', '.join(numbers)}" if numbers else ""
+    return f"{experiment} {status} in {wall_s:.1f}s{shown} -> {run_dir}"
+
+
+def _is_config_error(error: BaseException, checking: bool) -> bool:
+    return isinstance(error, checks.ConfigError) or (
+        checking and isinstance(error, OmegaConfBaseException)
+    )
 
 
 def run_job(
@@ -113,88 +260,130 @@ def run_job(
     ``experiment``; the gymnasium app passes the env, e.g. ``"acrobot"``).
     """
     start = time.perf_counter()
-    settings = validate(cfg) if validate is not None else None
-    torch.set_num_threads(int(cfg.get("threads", 1)))
-    config = OmegaConf.to_container(cfg, resolve=True)
-    run_dir, multirun, sweep_dir, name, overrides = _hydra_facts()
-    meta = base_metadata(experiment, config, overrides)
-    meta["sweep_name"] = cfg.get("sweep_name") if multirun else None
-    meta["run_dir"] = str(run_dir)
+    started_at = _now()
+    facts = _hydra_facts()
+    run_dir = facts.run_dir
+    sweep_dir = facts.sweep_dir
+    key = sweep_progress.job_key(run_dir, facts.job_num)
+    meta: dict[str, Any] | None = None
+    hashes: tuple[str, ...] = ()
+    config: dict[str, Any] | None = None
+    tracker: Tracker | None = None
+    checking = True
 
-    if multirun and cfg.get("resume", True):
-        twin = _finished_twin(Path(sweep_dir), meta["job_hash"])
-        if twin is not None:
-            log.info("skip: job %s already finished in %s", meta["job_hash"], twin)
-            if twin != run_dir:
-                _job_status(run_dir, "skipped", same_as=str(twin))
-            else:
-                _job_status(run_dir, "skipped")
-            return "skipped"
+    def end_of_job(status: str) -> None:
+        if sweep_dir is None:
+            return
+        sweep_progress.record_job_end(sweep_dir, key, status)
+        line = sweep_progress.sweep_line(sweep_dir)
+        if line:
+            log.info("sweep %s: %s", sweep_dir.name, line)
 
-    storage.write_json({**meta, "status": "running"}, run_dir / storage.METADATA_FILE)
-    _job_status(run_dir, "running")
-    _set_aside_earlier_wandb_runs(run_dir)
-    logger_cfg = cfg.get("logger") or {}
-    tracker = Tracker(
-        enabled=bool(logger_cfg.get("enabled", False)),
-        mode=str(logger_cfg.get("mode", "offline")),
-        project=str(logger_cfg.get("project", "pglab")),
-        entity=logger_cfg.get("entity"),
-        group=meta["sweep_name"],
-        job_type=job_type or experiment,
-        name=name,
-        tags=[experiment, *list(logger_cfg.get("tags") or [])],
-        config=config,
-        directory=run_dir,
-        init_timeout=float(logger_cfg.get("init_timeout", 30)),
-    )
-    context = JobContext(
-        cfg=cfg,
-        config=config,
-        run_dir=run_dir,
-        tracker=tracker,
-        show_progress=bool(cfg.get("progress", True)),
-        settings=settings,
-    )
     try:
+        settings = validate(cfg) if validate is not None else None
+        threads = checks.positive_int("threads", cfg.get("threads", 1))
+        config = OmegaConf.to_container(cfg, resolve=True)
+        checking = False
+        hashes = job_hashes(config)
+
+        if facts.multirun and cfg.get("resume", True):
+            twin = _finished_twin(sweep_dir, run_dir, hashes)
+            if twin is not None:
+                log.info("skip: job %s already finished in %s", hashes[0], twin)
+                extra = {"same_as": str(twin)} if twin != run_dir else {}
+                _best_effort(
+                    JOB_STATUS_FILE, run_dir, lambda: _job_status(run_dir, "skipped", **extra)
+                )
+                end_of_job("skipped")
+                return "skipped"
+
+        import torch  # not needed to skip a job
+
+        torch.set_num_threads(threads)
+        meta = base_metadata(experiment, config, facts.overrides)
+        meta["sweep_name"] = cfg.get("sweep_name") if facts.multirun else None
+        meta["run_dir"] = str(run_dir)
+        meta["started_at"] = started_at
+        storage.write_json({**meta, "status": "running"}, run_dir / METADATA_FILE)
+        _job_status(run_dir, "running")
+        _set_aside_earlier_wandb_runs(run_dir)
+        logger_cfg = cfg.get("logger") or {}
+        tracker = Tracker(
+            enabled=bool(logger_cfg.get("enabled", False)),
+            mode=str(logger_cfg.get("mode", "offline")),
+            project=str(logger_cfg.get("project", "pglab")),
+            entity=logger_cfg.get("entity"),
+            group=meta["sweep_name"],
+            job_type=job_type or experiment,
+            name=facts.name,
+            tags=[experiment, *list(logger_cfg.get("tags") or [])],
+            config=config,
+            directory=run_dir,
+            init_timeout=float(logger_cfg.get("init_timeout", 30)),
+            decision_file=sweep_dir / DECISION_FILE if sweep_dir is not None else None,
+        )
+        context = JobContext(
+            cfg=cfg,
+            config=config,
+            run_dir=run_dir,
+            tracker=tracker,
+            show_progress=bool(cfg.get("progress", True)),
+            settings=settings,
+            show_bar=not facts.worker,
+        )
         output = body(context)
         # Writing results can fail too (disk full, a table pyarrow cannot store): that
         # must end as "failed" like an error in the body, never leave "running" behind.
+        digests = {}
         for stem, table in output.tables.items():
-            storage.write_parquet(table, run_dir / f"{stem}.parquet")
+            path = storage.write_parquet(table, run_dir / f"{stem}.parquet")
+            digests[path.name] = storage.digest(path)
         for stem in output.wandb_tables:
             tracker.log_table(stem, output.tables[stem])
         tracker.summary({**output.summary, "status": output.status})
         meta.update(
             status=output.status,
             summary=output.summary,
-            result_files=[f"{stem}.parquet" for stem in output.tables],
-            finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            result_files=list(digests),
+            result_digests=digests,
+            finished_at=_now(),
             wall_time_s=time.perf_counter() - start,
         )
-        storage.write_json(meta, run_dir / storage.METADATA_FILE)
+        storage.write_json(meta, run_dir / METADATA_FILE)
+        _job_status(run_dir, output.status)
     except BaseException as error:
-        meta.update(
-            status="failed",
-            error=f"{type(error).__name__}: {error}",
-            finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            wall_time_s=time.perf_counter() - start,
-        )
-        storage.write_json(meta, run_dir / storage.METADATA_FILE)
-        _job_status(run_dir, "failed", error=meta["error"])
-        tracker.finish(exit_code=1)
-        if not multirun or isinstance(error, KeyboardInterrupt):
+        error_text = f"{type(error).__name__}: {error}"
+        config_error = _is_config_error(error, checking)
+        if meta is not None:
+            meta.update(
+                status="failed",
+                error=error_text,
+                finished_at=_now(),
+                wall_time_s=time.perf_counter() - start,
+            )
+        # A config error writes only the status: nothing else was written, and a
+        # finished job's metadata from an earlier run is not overwritten.
+        _record_failure(run_dir, meta, error_text)
+        if tracker is not None:
+            try:
+                tracker.finish(exit_code=1)
+            except Exception as finish_error:  # noqa: BLE001 - never hide the job's error
+                log.warning("W&B finish failed: %s", finish_error)
+        if not facts.multirun or isinstance(error, KeyboardInterrupt | SystemExit):
             raise
         # In a sweep, one failed job must not stop the others: log it, let the sweep go
         # on, and let the end-of-sweep summary (callbacks.SweepSummary) report it.
-        log.exception("%s failed in %s", experiment, run_dir)
+        if config_error:
+            log.error("%s config error in %s: %s", experiment, facts.name, error)
+        else:
+            log.exception("%s failed in %s", experiment, run_dir)
+        end_of_job("failed")
         return "failed"
 
-    _job_status(run_dir, output.status)
     sync = tracker.finish()
-    log.info(
-        "%s %s: results in %s (%.1fs)", experiment, output.status, run_dir, meta["wall_time_s"]
-    )
+    wall = time.perf_counter() - start
+    log.info(closing_line(experiment, output.status, wall, output.summary, run_dir))
     if sync:
         log.info("W&B offline run saved; to upload: %s", sync)
+    end_of_job(output.status)
     return output.status

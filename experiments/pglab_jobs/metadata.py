@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -11,6 +12,8 @@ from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
+
+from pglab.schema import NON_SEMANTIC_KEYS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRACKED_PACKAGES = (
@@ -25,22 +28,30 @@ TRACKED_PACKAGES = (
     "pyarrow",
     "scipy",
 )
-# Config keys that say where and how a job reports, not what it computes: they do not
-# enter the job hash, so moving outputs or switching W&B off does not re-run anything.
-NON_SEMANTIC_KEYS = ("paths", "logger", "sweep_name", "progress", "resume")
+# NON_SEMANTIC_KEYS (pglab.schema) before "threads" joined it: jobs finished under it carry
+# a hash that still includes the thread count; resume accepts it (see job_hashes).
+_LEGACY_NON_SEMANTIC_KEYS = tuple(k for k in NON_SEMANTIC_KEYS if k != "threads")
 
 
-def package_versions() -> dict[str, str]:
+# Both are read once per process: the code a process runs is the code it imported, and a
+# sweep of many jobs in one process (the basic launcher) should not pay for it per job.
+@functools.cache
+def _package_versions() -> tuple[tuple[str, str], ...]:
     versions = {"python": platform.python_version()}
     for name in TRACKED_PACKAGES:
         try:
             versions[name] = importlib_metadata.version(name)
         except importlib_metadata.PackageNotFoundError:
             versions[name] = "not installed"
-    return versions
+    return tuple(versions.items())
 
 
-def git_state(repo: Path = REPO_ROOT) -> dict[str, Any]:
+def package_versions() -> dict[str, str]:
+    return dict(_package_versions())
+
+
+@functools.cache
+def _git_state(repo: Path) -> tuple[str, bool | None]:
     """The commit checked out in ``repo`` and whether tracked files differ from it."""
 
     def git(*args: str) -> str | None:
@@ -54,17 +65,29 @@ def git_state(repo: Path = REPO_ROOT) -> dict[str, Any]:
 
     commit = git("rev-parse", "HEAD")
     dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "git_commit": commit or "unknown",
-        "git_dirty": bool(dirty) if dirty is not None else None,
-    }
+    return commit or "unknown", bool(dirty) if dirty is not None else None
 
 
-def job_hash(config: dict[str, Any]) -> str:
+def git_state(repo: Path = REPO_ROOT) -> dict[str, Any]:
+    """The commit checked out in ``repo`` and whether tracked files differ from it."""
+    commit, dirty = _git_state(Path(repo))
+    return {"git_commit": commit, "git_dirty": dirty}
+
+
+def job_hash(config: dict[str, Any], exclude: tuple[str, ...] = NON_SEMANTIC_KEYS) -> str:
     """Stable identity of a job: sha256 of its resolved config without output/reporting keys."""
-    semantic = {k: v for k, v in config.items() if k not in NON_SEMANTIC_KEYS}
+    semantic = {k: v for k, v in config.items() if k not in exclude}
     blob = json.dumps(semantic, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def job_hashes(config: dict[str, Any]) -> tuple[str, ...]:
+    """The job's hash, then the hash the same job got before ``threads`` became non-semantic.
+
+    A finished job recorded under either is the same computation (its results did not
+    depend on the thread count), so sweeps run before the change resume without re-running.
+    """
+    return (job_hash(config), job_hash(config, _LEGACY_NON_SEMANTIC_KEYS))
 
 
 def base_metadata(experiment: str, config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

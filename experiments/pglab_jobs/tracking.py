@@ -15,13 +15,26 @@ summary        the job's summary metrics (logged at finish)
 Local parquet files are written before anything is sent to W&B; if W&B fails to
 start or to log (bad mode, online without network or account), a warning is printed
 and the run carries on with local results only.
+
+Online mode is decided once per sweep: the first job probes the W&B server (a TCP connect
+of at most :data:`PROBE_TIMEOUT_S` seconds, name lookup included) and records the verdict in
+``<sweep_dir>/.pglab-wandb.json`` (:data:`DECISION_FILE`, cleared when a sweep starts). When
+the server is unreachable, or an online start fails anyway, every job of the sweep logs
+offline instead (one warning; upload later with ``wandb sync``) rather than waiting
+``logger.init_timeout`` seconds each. No account is needed for any of this.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shlex
+import socket
+import threading
+import urllib.parse
 import warnings
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +42,91 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 MODES = ("offline", "online", "disabled")
+#: The sweep's verdict on online W&B: ``{"online": bool, "reason": str, "host": ..., "at": ...}``.
+DECISION_FILE = ".pglab-wandb.json"
+#: Longest wait for the W&B server to accept a TCP connection (name lookup included).
+PROBE_TIMEOUT_S = 3.0
+
+
+def wandb_server() -> tuple[str, int]:
+    """Host and port of the W&B server online runs would use (``WANDB_BASE_URL``, settings)."""
+    url = None
+    try:
+        import wandb
+
+        settings = wandb.Settings()
+        settings.update_from_system_settings()
+        settings.update_from_env_vars(dict(os.environ))
+        url = settings.base_url
+    except Exception:  # an older or newer wandb: fall back to the environment
+        url = os.environ.get("WANDB_BASE_URL")
+    parts = urllib.parse.urlsplit(str(url or "https://api.wandb.ai"))
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    return parts.hostname or "api.wandb.ai", port
+
+
+def probe(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """``None`` if ``host:port`` accepts a TCP connection within ``timeout`` s, else why not.
+
+    The attempt runs in a daemon thread so a slow name lookup (which ignores socket
+    timeouts) cannot hold the job longer than ``timeout`` either.
+    """
+    outcome: dict[str, str | None] = {}
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                outcome["error"] = None
+        except OSError as error:
+            outcome["error"] = f"{type(error).__name__}: {error}"
+
+    thread = threading.Thread(target=attempt, daemon=True, name="pglab-wandb-probe")
+    thread.start()
+    thread.join(timeout)
+    if "error" not in outcome:
+        return f"no answer from {host}:{port} within {timeout:g} s"
+    error = outcome["error"]
+    return None if error is None else f"{host}:{port} unreachable ({error})"
+
+
+def read_decision(decision_file: str | os.PathLike | None) -> dict[str, Any] | None:
+    if decision_file is None:
+        return None
+    try:
+        decision = json.loads(Path(decision_file).read_text())
+    except (OSError, ValueError):
+        return None
+    return decision if isinstance(decision, dict) and "online" in decision else None
+
+
+def record_decision(decision_file: str | os.PathLike | None, online: bool, reason: str) -> None:
+    """Record the sweep's verdict (best effort: a job that cannot write it still runs)."""
+    if decision_file is None:
+        return
+    from pglab_jobs import storage
+
+    record = {
+        "online": online,
+        "reason": reason,
+        "host": socket.gethostname(),
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    try:
+        storage.write_json(record, decision_file, durable=False)
+    except OSError as error:
+        log.warning("could not record the W&B decision in %s: %s", decision_file, error)
+
+
+def decide_online(decision_file: str | os.PathLike | None) -> tuple[bool, str]:
+    """Whether online W&B can be tried, and why: the sweep's recorded verdict, or a probe."""
+    decision = read_decision(decision_file)
+    if decision is not None:
+        return bool(decision["online"]), str(decision.get("reason", ""))
+    host, port = wandb_server()
+    problem = probe(host, port)
+    online, reason = problem is None, problem or f"{host}:{port} reachable"
+    record_decision(decision_file, online, reason)
+    return online, reason
 
 
 class Tracker:
@@ -39,6 +137,8 @@ class Tracker:
         mode: ``offline`` (default, no account or network needed), ``online`` or ``disabled``.
         project, group, job_type, name, tags, config: the W&B run's fields (see module doc).
         directory: where the run's files go; W&B writes ``<directory>/wandb/offline-run-*``.
+        decision_file: where the sweep records whether online W&B works (``None``: a single
+            run, which decides for itself).
     """
 
     def __init__(
@@ -55,6 +155,7 @@ class Tracker:
         config: dict[str, Any] | None = None,
         directory: str | os.PathLike = ".",
         init_timeout: float = 60.0,
+        decision_file: str | os.PathLike | None = None,
     ) -> None:
         self.run = None
         self.mode = mode
@@ -67,32 +168,65 @@ class Tracker:
                 stacklevel=2,
             )
             return
+        fields = dict(
+            project=project,
+            entity=entity,
+            group=group,
+            job_type=job_type,
+            name=name,
+            tags=tags,
+            config=config,
+            directory=directory,
+            init_timeout=init_timeout,
+        )
+        if mode == "online":
+            online, reason = decide_online(decision_file)
+            if not online:
+                warnings.warn(
+                    f"W&B is unreachable ({reason}); logging offline instead, "
+                    "upload later with `wandb sync`",
+                    stacklevel=2,
+                )
+                self.mode = "offline"
         try:
-            import wandb
-
-            Path(directory).mkdir(parents=True, exist_ok=True)
-            self.run = wandb.init(
-                project=project,
-                entity=entity,
-                group=group,
-                job_type=job_type,
-                name=name,
-                tags=tags,
-                config=config,
-                dir=str(directory),
-                mode=mode,
-                reinit="finish_previous",
-                settings=wandb.Settings(
-                    silent=True, console="off", init_timeout=init_timeout, x_disable_stats=True
-                ),
-            )
+            self.run = self._init(mode=self.mode, **fields)
+            return
         except Exception as error:  # W&B must never cost us the local results
-            warnings.warn(
-                f"W&B could not start in mode {mode!r} ({type(error).__name__}: {error}); "
-                "continuing with local results only",
-                stacklevel=2,
-            )
-            self.run = None
+            failure = f"{type(error).__name__}: {error}"
+        if self.mode == "online":
+            # Decided for the whole sweep: later jobs go offline without waiting.
+            record_decision(decision_file, False, f"online start failed ({failure})")
+            self.mode = "offline"
+            try:
+                self.run = self._init(mode="offline", **fields)
+                warnings.warn(
+                    f"W&B could not start in mode 'online' ({failure}); logging offline "
+                    "instead, upload later with `wandb sync`",
+                    stacklevel=2,
+                )
+                return
+            except Exception as error:
+                failure = f"{failure}; offline: {type(error).__name__}: {error}"
+        warnings.warn(
+            f"W&B could not start in mode {mode!r} ({failure}); continuing with local results only",
+            stacklevel=2,
+        )
+        self.run = None
+
+    @staticmethod
+    def _init(*, mode: str, directory: str | os.PathLike, init_timeout: float, **fields: Any):
+        import wandb
+
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        return wandb.init(
+            **fields,
+            dir=str(directory),
+            mode=mode,
+            reinit="finish_previous",
+            settings=wandb.Settings(
+                silent=True, console="off", init_timeout=init_timeout, x_disable_stats=True
+            ),
+        )
 
     @property
     def active(self) -> bool:
@@ -135,5 +269,5 @@ class Tracker:
         self.run = None
         if self.mode == "offline" and run_dir:
             offline_dir = Path(run_dir).parent  # .../wandb/offline-run-*/files -> offline-run-*
-            return f"wandb sync {offline_dir}"
+            return f"wandb sync {shlex.quote(str(offline_dir))}"
         return None
