@@ -580,3 +580,30 @@ def test_analysis_never_imports_training_code():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_a_config_list_beside_a_string_column_loads(tmp_path):
+    """Two real calibration sweeps, one with ``estimator=reinforce`` and one with a list of
+    estimators: the config value (str or list) is compared with the rows' estimator
+    column (a pyarrow string column), which raised NotImplementedError from pandas."""
+    common = (
+        "mdp=two_state",
+        "n_trajectories=[2]",
+        "n_studies=2",
+        "n_repetitions=20",
+        "n_resamples=100",
+        "logger=none",
+        "progress=false",
+        f"paths.output_dir={tmp_path}",
+    )
+    run_app("calibration.py", "-m", "estimator=reinforce", "sweep_name=one", *common)
+    run_app("calibration.py", "-m", "estimator=[reinforce,reward_to_go]", "sweep_name=two", *common)
+    results = load_results(tmp_path)
+    assert results.skipped == [] and len(results.runs) == 2
+    table = results.calibration
+    assert sorted(table["estimator"].unique()) == ["reinforce", "reward_to_go"]
+    configs = {
+        value if isinstance(value, str) else tuple(value) for value in table["config.estimator"]
+    }
+    assert configs == {"reinforce", ("reinforce", "reward_to_go")}
+    assert "config.estimator" in results.design["calibration"]
