@@ -457,7 +457,7 @@ def _window(gaps: np.ndarray, start: int, stop: int | None) -> tuple[np.ndarray,
     if not np.all(np.isfinite(window)) or np.any(window <= 0):
         bad = int(np.nonzero(~(np.isfinite(window) & (window > 0)))[0][0]) + start
         raise checks.ConfigError(
-            f"suboptimality[{bad}] is {gaps[bad]!r}; a rate fit needs finite gaps > 0 "
+            f"suboptimality[{bad}] is {float(gaps[bad])!r}; a rate fit needs finite gaps > 0 "
             "(end the window before the gap reaches round-off)"
         )
     return iterations.astype(np.float64), window
