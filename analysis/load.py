@@ -284,8 +284,11 @@ def _read_result(job_dir: Path, name: str, experiment: str) -> tuple[str, pd.Dat
     if spec is not None and (experiment, stem) in TABLES:
         missing = missing_columns(spec, stem, frame)
         if missing:
+            listed = ", ".join(missing[:8]) + (
+                f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+            )
             return stem, (
-                f"schema mismatch: {file} lacks column(s) {', '.join(missing)} that "
+                f"schema mismatch: {file} lacks column(s) {listed} that "
                 f"pglab.schema requires of {experiment}/{stem}"
             )
     return stem, frame

@@ -344,13 +344,18 @@ def test_nothing_usable_exits_1_with_one_line(sweeps, tmp_path):
 
 
 @pytest.mark.skipif(not HAS_CARTPOLE, reason="experiments/cartpole.py does not exist yet")
-def test_a_summary_with_other_columns_is_listed_and_the_report_is_written(sweeps, tmp_path):
-    """Used to end in a TypeError with no report.html."""
+@pytest.mark.parametrize("kind", ["other_table", "renamed_column"])
+def test_a_summary_with_other_columns_is_listed_and_the_report_is_written(sweeps, tmp_path, kind):
+    """Used to end in a TypeError with no report.html (other columns altogether), or to
+    load the job without its final return (a renamed column) and list nothing."""
     copy = tmp_path / "cartpole"
     shutil.copytree(sweeps["cartpole"], copy)
     job = sorted(p.parent for p in copy.rglob("metadata.json"))[0]
     file = job / "summary.parquet"
-    pd.read_parquet(file).rename(columns={"final_return": "last_return"}).to_parquet(file)
+    if kind == "other_table":
+        pd.DataFrame({"foo": [1.0], "bar": ["x"]}).to_parquet(file)
+    else:
+        pd.read_parquet(file).rename(columns={"final_return": "last_return"}).to_parquet(file)
     out = tmp_path / "out"
     proc = run_report(str(copy), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
@@ -358,7 +363,11 @@ def test_a_summary_with_other_columns_is_listed_and_the_report_is_written(sweeps
     assert "1 skipped (1 schema mismatch)" in html
     listed = pd.read_csv(out / "tables" / "skipped_runs.csv")
     assert listed["path"].tolist() == [str(job.resolve())]
-    assert "lacks column(s) final_return" in listed["reason"].item()
+    if kind == "renamed_column":
+        assert "lacks column(s) final_return that" in listed["reason"].item()
+    else:
+        assert "lacks column(s) env_id, estimator, n_trajectories" in listed["reason"].item()
+        assert "more that pglab.schema requires of cartpole/summary" in listed["reason"].item()
     assert str(file.resolve()) in html.split("<h2>Skipped runs</h2>")[1]
 
 
