@@ -462,3 +462,35 @@ def test_each_env_gets_its_own_section_titled_with_its_id(acrobot, sweeps, tmp_p
     assert (out / "figures" / "acrobot_learning_curves.png").stat().st_size > 10_000
     returns = pd.read_csv(out / "tables" / "acrobot_returns.csv")
     assert set(returns["env_id"]) == {"Acrobot-v1"}
+
+
+def test_estimator_sweeps_differing_in_k_are_not_pooled(tmp_path):
+    """Two real sweeps of the same cells with K = 10 and K = 20 batches (same seed): each
+    K keeps its own cells (was: one cell per (estimator, N) averaging both, "1 seed")."""
+    for k in (10, 20):
+        run_app(
+            "estimator_variance.py",
+            "-m",
+            "mdp=two_state",
+            "estimator=reinforce,reward_to_go",
+            "n_trajectories=[1,10]",
+            f"n_repetitions={k}",
+            f"sweep_name=k{k}",
+            "logger=none",
+            "progress=false",
+            f"paths.output_dir={tmp_path}",
+        )
+    out = tmp_path / "report"
+    assert main([str(tmp_path / "multirun"), "--out", str(out), "--resamples", RESAMPLES]) == 0
+    cells = pd.read_csv(out / "tables" / "estimator_cells.csv")
+    stored = pd.concat(pd.read_parquet(f) for f in sorted(tmp_path.rglob("results.parquet")))
+    key = ["n_repetitions", "estimator", "n_trajectories"]
+    assert len(cells) == len(stored) == 8 and (cells["n_seeds"] == 1).all()
+    merged = cells.merge(stored, on=key, suffixes=("", "_stored"))
+    np.testing.assert_allclose(merged["relative_bias"], merged["relative_bias_stored"], rtol=1e-12)
+    names = {p.stem for p in (out / "figures").glob("*.png")}
+    assert {f"estimator_relative_bias_{k}" for k in (10, 20)} <= names
+    assert "estimator_relative_bias" not in names
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "Cells are split by n_repetitions" in html
+    assert "n_repetitions = 20" in captions(html)["estimator_relative_bias_20"]
