@@ -183,4 +183,3 @@ def test_gradient_quality_n_trajectories_is_the_training_n(written):
     assert set(quality["n_trajectories"]) == {1}
     assert "batch_n_trajectories" in quality.columns
     assert "train_n_trajectories" not in quality.columns
-
