@@ -186,11 +186,16 @@ def _job_status(run_dir: Path, status: str, **extra: Any) -> None:
 
 
 def _best_effort(what: str, run_dir: Path, write: Callable[[], Any]) -> bool:
-    """Run ``write``; on an OS error (disk full, quota, ...) log one line and return False."""
+    """Run ``write``; if it fails (disk full, quota, ...) log one line and return False.
+
+    Used while a failure is being recorded: nothing raised there may replace the job's own
+    error or stop the sweep.
+    """
     try:
         write()
-    except OSError as error:
-        log.error("could not write %s in %s: %s", what, run_dir, error.strerror or error)
+    except Exception as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        log.error("could not write %s in %s: %s", what, run_dir, reason)
         return False
     return True
 
@@ -350,7 +355,9 @@ def run_job(
             wall_time_s=time.perf_counter() - start,
         )
         storage.write_json(meta, run_dir / METADATA_FILE)
-        _job_status(run_dir, output.status)
+        # The job is finished and says so; a status file that cannot be written now (disk
+        # full) leaves "running" there, which the end-of-sweep summary counts as unfinished.
+        _best_effort(JOB_STATUS_FILE, run_dir, lambda: _job_status(run_dir, output.status))
     except BaseException as error:
         error_text = f"{type(error).__name__}: {error}"
         config_error = _is_config_error(error, checking)
@@ -367,7 +374,7 @@ def run_job(
         if tracker is not None:
             try:
                 tracker.finish(exit_code=1)
-            except Exception as finish_error:  # noqa: BLE001 - never hide the job's error
+            except Exception as finish_error:  # never hide the job's own error
                 log.warning("W&B finish failed: %s", finish_error)
         if not facts.multirun or isinstance(error, KeyboardInterrupt | SystemExit):
             raise
