@@ -112,6 +112,25 @@ def discount(field: str, value: Any) -> float:
     return real(field, value, 0.0, 1.0)
 
 
+def boolean(field: str, value: Any) -> bool:
+    """``value`` if it is a ``bool`` (``1`` or ``"yes"`` is not a switch)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{field} must be true or false, got {value!r}")
+    return value
+
+
+def instance(field: str, value: Any, kind: type | tuple[type, ...]) -> Any:
+    """``value`` if it is an instance of ``kind``; else an error naming the value and its type."""
+    if not isinstance(value, kind):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        wanted = " or ".join(k.__name__ for k in kinds)
+        shown = repr(value)
+        if len(shown) > 60 or "\n" in shown:
+            shown = shown.replace("\n", " ")[:57] + "..."
+        raise ConfigError(f"{field} must be a {wanted}, got {shown} ({type(value).__name__})")
+    return value
+
+
 def one_of(field: str, value: Any, options: Sequence[str]) -> str:
     """``value`` if it is one of ``options``; else an error with a did-you-mean."""
     if isinstance(value, str) and value in options:

@@ -81,6 +81,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pglab import checks
+
 REASONS = ("stuck", "non_finite")
 
 
@@ -113,26 +115,14 @@ class CollapseConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first invalid field and its value."""
-        w = self.window_episodes
-        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
-            raise ValueError(f"window_episodes={w!r}, expected an integer >= 1")
-        if self.poor_return is not None and not math.isfinite(self.poor_return):
-            raise ValueError(
-                f"poor_return={self.poor_return!r}, expected a finite number or None "
-                "(None disables the stuck rule)"
-            )
-        if not (math.isfinite(self.entropy_threshold) and self.entropy_threshold >= 0.0):
-            raise ValueError(
-                f"entropy_threshold={self.entropy_threshold!r}, expected a finite number >= 0"
-            )
-        if not (math.isfinite(self.drop_fraction) and 0.0 < self.drop_fraction <= 1.0):
-            raise ValueError(f"drop_fraction={self.drop_fraction!r}, expected a number in (0, 1]")
-        if math.isnan(self.min_peak) or self.min_peak <= 0.0:
-            raise ValueError(
-                f"min_peak={self.min_peak!r}, expected a number > 0 (math.inf disables the "
-                "dip count)"
-            )
+        """Raise :class:`pglab.checks.ConfigError` naming the first invalid field and its value."""
+        checks.positive_int("window_episodes", self.window_episodes)
+        if self.poor_return is not None:  # None disables the stuck rule
+            checks.real("poor_return", self.poor_return)
+        checks.real("entropy_threshold", self.entropy_threshold, 0.0)
+        checks.real("drop_fraction", self.drop_fraction, 0.0, 1.0, low_open=True)
+        if self.min_peak != math.inf:  # inf disables the dip count
+            checks.positive_real("min_peak", self.min_peak)
 
     def window_iterations(self, n_episodes: int) -> int:
         """Iterations in a full window when every iteration has ``n_episodes`` episodes:
@@ -192,8 +182,10 @@ class CollapseDetector:
     """
 
     def __init__(self, config: CollapseConfig | None = None) -> None:
-        self.config = config if config is not None else CollapseConfig()
-        self.config.validate()
+        # a CollapseConfig is checked when it is built (and frozen): not again here
+        if config is None:
+            config = CollapseConfig()
+        self.config = checks.instance("config", config, CollapseConfig)
         self.reset()
 
     def reset(self) -> None:

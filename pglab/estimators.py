@@ -67,11 +67,12 @@ On a tabular MDP the per-trajectory gradients ``g_i`` are sampled by
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from pglab import checks
 
 __all__ = [
     "ESTIMATORS",
@@ -117,24 +118,8 @@ BATCH_COUPLED_ESTIMATORS = ("baseline_batch_mean", "baseline_leave_one_out", "no
 # Validation
 # ---------------------------------------------------------------------------------------
 def check_estimator(name: str) -> str:
-    """Return ``name`` if it is in :data:`ESTIMATORS`; else ValueError listing the known ones."""
-    if not isinstance(name, str) or name not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {name!r}; known estimators: {list(ESTIMATORS)}")
-    return name
-
-
-def _check_gamma(gamma: Any) -> float:
-    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
-        raise ValueError(f"gamma must be a real number in [0, 1], got {gamma!r}")
-    if not (math.isfinite(float(gamma)) and 0.0 <= float(gamma) <= 1.0):
-        raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
-    return float(gamma)
-
-
-def check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"seed must be an int, got {seed!r}")
-    return int(seed)
+    """Return ``name`` if it is in :data:`ESTIMATORS`; else ConfigError listing the known ones."""
+    return checks.one_of("estimator", name, ESTIMATORS)
 
 
 def _check_rewards_mask(rewards: Any, mask: Any) -> tuple[Tensor, Tensor]:
@@ -204,7 +189,7 @@ def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Ten
     Returns:
         ``[..., N]`` in the dtype and device of ``rewards``.
     """
-    gamma = _check_gamma(gamma)
+    gamma = checks.discount("gamma", gamma)
     r, m = _check_rewards_mask(rewards, mask)
     return (torch.where(m, r, 0.0) * discount_factors(r.shape[-1], gamma, r)).sum(dim=-1)
 
@@ -221,7 +206,7 @@ def rewards_to_go(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
         ``[..., N, T]`` in the dtype and device of ``rewards`` (undiscounted by ``gamma^t``:
         multiply by ``gamma^t`` for the discounted-from-0 version).
     """
-    gamma = _check_gamma(gamma)
+    gamma = checks.discount("gamma", gamma)
     r, m = _check_rewards_mask(rewards, mask)
     return _rewards_to_go(torch.where(m, r, 0.0), gamma)
 
@@ -290,7 +275,7 @@ def return_weights(returns: Tensor, estimator: str) -> Tensor:
     """
     check_estimator(estimator)
     if estimator not in RETURN_ESTIMATORS:
-        raise ValueError(
+        raise checks.ConfigError(
             f"estimator {estimator!r} has per-step weights; return_weights supports "
             f"{list(RETURN_ESTIMATORS)} (use step_weights)"
         )
@@ -299,13 +284,18 @@ def return_weights(returns: Tensor, estimator: str) -> Tensor:
         raise ValueError(
             f"returns must be a floating [..., N] tensor, got {r.dtype} {list(r.shape)}"
         )
-    n = r.shape[-1]
+    return _return_weights(r, estimator)
+
+
+def _return_weights(returns: Tensor, estimator: str) -> Tensor:
+    """:func:`return_weights` on a checked floating ``[..., N]`` tensor and estimator name."""
+    n = returns.shape[-1]
     if n == 0:
-        return r.clone()
-    mean = r.mean(dim=-1)
-    sum_sq_dev = (r - mean[..., None]).square().sum(dim=-1)
+        return returns.clone()
+    mean = returns.mean(dim=-1)
+    sum_sq_dev = (returns - mean[..., None]).square().sum(dim=-1)
     alpha, center = return_coefficients(estimator, n, mean, sum_sq_dev)
-    return alpha[..., None] * (r - center[..., None])
+    return alpha[..., None] * (returns - center[..., None])
 
 
 def step_weights(
@@ -338,7 +328,7 @@ def step_weights(
             mismatched shapes, or missing ``values`` for ``baseline_value``.
     """
     check_estimator(estimator)
-    gamma = _check_gamma(gamma)
+    gamma = checks.discount("gamma", gamma)
     r, m = _check_rewards_mask(rewards, mask)
     v = None
     if estimator == "baseline_value":
@@ -349,18 +339,26 @@ def step_weights(
             raise ValueError(
                 f"values has shape {list(v.shape)}, expected the rewards' shape {list(r.shape)}"
             )
+    return _step_weights(r, m, estimator, gamma, v)
 
-    masked = torch.where(m, r, 0.0)
-    discounts = discount_factors(r.shape[-1], gamma, r)  # [T] gamma^t
+
+def _step_weights(
+    rewards: Tensor, mask: Tensor, estimator: str, gamma: float, values: Tensor | None
+) -> Tensor:
+    """:func:`step_weights` on checked inputs: floating ``rewards``, bool ``mask`` of the same
+    shape, a known ``estimator``, ``gamma`` in [0, 1] and, for ``baseline_value``, ``values``
+    of the rewards' shape and dtype. For callers that validated them once (the samplers)."""
+    masked = torch.where(mask, rewards, 0.0)
+    discounts = discount_factors(rewards.shape[-1], gamma, rewards)  # [T] gamma^t
     if estimator in RETURN_ESTIMATORS:
         returns = (masked * discounts).sum(dim=-1)  # R_i
-        weights = return_weights(returns, estimator)  # w_i
-        return torch.where(m, weights[..., None], 0.0)
+        weights = _return_weights(returns, estimator)  # w_i
+        return torch.where(mask, weights[..., None], 0.0)
     to_go = _rewards_to_go(masked, gamma)  # G_t
     if estimator == "reward_to_go_dropped_discount":
         psi = to_go  # G_t
     elif estimator == "reward_to_go":
         psi = discounts * to_go  # gamma^t G_t
     else:  # baseline_value
-        psi = discounts * (to_go - v)  # gamma^t (G_t - V_t(s_t))
-    return torch.where(m, psi, 0.0)
+        psi = discounts * (to_go - values)  # gamma^t (G_t - V_t(s_t))
+    return torch.where(mask, psi, 0.0)

@@ -146,13 +146,16 @@ def test_tabular_collapse_config_scale():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"step_size": math.nan}, "step_size=nan"),
-        ({"step_size": math.inf}, "step_size=inf"),
-        ({"step_size": 0.0}, "step_size=0.0"),
-        ({"n_iterations": 0}, "n_iterations=0"),
-        ({"gradient": "magic"}, "unknown estimator 'magic'"),
-        ({"gradient": "reinforce"}, "n_trajectories=None"),
-        ({"gradient": "reinforce", "n_trajectories": 0}, "n_trajectories=0"),
+        ({"step_size": math.nan}, r"step_size must be finite and > 0, got nan"),
+        ({"step_size": math.inf}, r"step_size must be finite and > 0, got inf"),
+        ({"step_size": 0.0}, r"step_size must be finite and > 0, got 0.0"),
+        ({"n_iterations": 0}, "n_iterations must be a positive integer, got 0"),
+        ({"gradient": "magic"}, "unknown gradient 'magic'; choose one of: exact, reinforce, "),
+        ({"gradient": "reinforce"}, "n_trajectories must be a positive integer, got None"),
+        (
+            {"gradient": "reinforce", "n_trajectories": 0},
+            "n_trajectories must be a positive integer, got 0",
+        ),
         ({"logits0": torch.zeros(3, 2)}, r"logits has shape \[3, 2\]"),
         ({"logits0": torch.tensor([[0.0, math.nan], [0.0, 0.0]])}, "logits\\[0, 1\\] is nan"),
     ],

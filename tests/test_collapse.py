@@ -157,15 +157,15 @@ def test_streaming_detector_matches_offline_and_resets():
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
-        ({"drop_fraction": 0.0}, "drop_fraction=0.0"),
-        ({"drop_fraction": 1.5}, "drop_fraction=1.5"),
-        ({"drop_fraction": math.nan}, "drop_fraction=nan"),
-        ({"window_episodes": 0}, "window_episodes=0"),
-        ({"window_episodes": 2.5}, "window_episodes=2.5"),
-        ({"min_peak": 0.0}, "min_peak=0.0"),
-        ({"min_peak": math.nan}, "min_peak=nan"),
-        ({"entropy_threshold": -0.1}, "entropy_threshold=-0.1"),
-        ({"poor_return": math.inf}, "poor_return=inf"),
+        ({"drop_fraction": 0.0}, r"drop_fraction must be finite and in \(0, 1\], got 0.0"),
+        ({"drop_fraction": 1.5}, r"drop_fraction must be finite and in \(0, 1\], got 1.5"),
+        ({"drop_fraction": math.nan}, r"drop_fraction must be finite and in \(0, 1\], got nan"),
+        ({"window_episodes": 0}, "window_episodes must be a positive integer, got 0"),
+        ({"window_episodes": 2.5}, "window_episodes must be a positive integer, got 2.5"),
+        ({"min_peak": 0.0}, "min_peak must be finite and > 0, got 0.0"),
+        ({"min_peak": math.nan}, "min_peak must be finite and > 0, got nan"),
+        ({"entropy_threshold": -0.1}, "entropy_threshold must be finite and >= 0, got -0.1"),
+        ({"poor_return": math.inf}, "poor_return must be finite, got inf"),
     ],
 )
 def test_config_validation_names_field_and_value(kwargs, field):

@@ -162,7 +162,7 @@ def test_repr_names_the_sizes():
 def test_replace_revalidates():
     mdp = TabularMDP(**small_arrays())
     assert mdp.replace(horizon=10).horizon == 10
-    with pytest.raises(ValueError, match=r"horizon must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"horizon must be a positive integer, got 0"):
         mdp.replace(horizon=0)
     with pytest.raises(ValueError, match="unknown field"):
         mdp.replace(horizn=3)
@@ -252,13 +252,16 @@ INVALID = {
         {"initial": np.array([np.nan, 0.5, 0.5])},
         re.escape("initial[0] is nan"),
     ),
-    "horizon 0": ({"horizon": 0}, "horizon must be an int >= 1, got 0"),
-    "horizon float": ({"horizon": 3.0}, re.escape("horizon must be an int >= 1, got 3.0 (float)")),
-    "horizon bool": ({"horizon": True}, "horizon must be an int >= 1, got True"),
-    "gamma above 1": ({"gamma": 1.5}, re.escape("gamma must be in [0, 1], got 1.5")),
-    "gamma negative": ({"gamma": -0.1}, re.escape("gamma must be in [0, 1], got -0.1")),
-    "gamma nan": ({"gamma": float("nan")}, re.escape("gamma must be in [0, 1], got nan")),
-    "gamma string": ({"gamma": "0.9"}, "gamma must be a real number"),
+    "horizon 0": ({"horizon": 0}, "horizon must be a positive integer, got 0"),
+    "horizon float": ({"horizon": 3.0}, re.escape("horizon must be a positive integer, got 3.0")),
+    "horizon bool": ({"horizon": True}, "horizon must be a positive integer, got True"),
+    "gamma above 1": ({"gamma": 1.5}, re.escape("gamma must be finite and in [0, 1], got 1.5")),
+    "gamma negative": ({"gamma": -0.1}, re.escape("gamma must be finite and in [0, 1], got -0.1")),
+    "gamma nan": (
+        {"gamma": float("nan")},
+        re.escape("gamma must be finite and in [0, 1], got nan"),
+    ),
+    "gamma string": ({"gamma": "0.9"}, "gamma must be a number, got '0.9'"),
     "terminal not absorbing": (
         {"terminal": np.array([True, False, True])},
         re.escape(
@@ -315,7 +318,7 @@ INVALID = {
         {"rewards": _with_transition_reward((2, 1, 2), -1.0)},
         re.escape("rewards[2, 1] is -1 but state 2 is terminal"),
     ),
-    "name not a string": ({"name": 3}, "name must be a str, got 3"),
+    "name not a string": ({"name": 3}, re.escape("name must be a str, got 3 (int)")),
     "state names wrong length": (
         {"state_names": ["a", "b"]},
         "state_names has 2 entries, expected 3",
@@ -552,3 +555,115 @@ def test_malformed_npz_and_unknown_suffix(tmp_path):
         TabularMDP.from_file(tmp_path / "mdp.json")
     with pytest.raises(ValueError, match=r"unknown MDP file suffix '.txt'"):
         TabularMDP(**small_arrays()).to_file(tmp_path / "mdp.txt")
+
+
+# --------------------------------------------------------------------------------------
+# File size limits: a small file must not make from_file allocate gigabytes
+# --------------------------------------------------------------------------------------
+def _npz_declaring(path: Path, key: str, shape: tuple, descr: str = "<f8", data: bool = True):
+    """Write ``path`` as an .npz whose ``key`` array declares ``shape``, plus small
+    ``rewards``/``initial``/``horizon``. The big array's zeros are streamed through the
+    compressor (as ``np.savez_compressed`` of a zero array would store them), never held."""
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        with zf.open(f"{key}.npy", "w", force_zip64=True) as handle:
+            header = {"descr": descr, "fortran_order": False, "shape": shape}
+            npy.write_array_header_1_0(handle, header)
+            left = int(np.prod(shape)) * np.dtype(descr).itemsize if data else 0
+            zeros = bytes(2**24)
+            while left:
+                handle.write(zeros[: min(left, len(zeros))])
+                left -= min(left, len(zeros))
+        for name, array in {
+            "rewards": np.zeros((shape[0], 1)),
+            "initial": np.zeros(shape[0]),
+            "horizon": np.array(3),
+        }.items():
+            with zf.open(f"{name}.npy", "w") as handle:
+                npy.write_array(handle, array)
+
+
+def _fails_fast_and_small(path: Path, message: str) -> None:
+    """from_file raises ``message`` within 1 s, and allocates < 64 MB (numpy and Python
+    objects, measured by tracemalloc on a second, untimed call: tracing slows Python)."""
+    import time
+    import tracemalloc
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=message):
+        TabularMDP.from_file(path)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 1.0, f"took {elapsed:.2f} s"
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=message):
+            TabularMDP.from_file(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20, f"allocated {peak / 2**20:.0f} MB"
+
+
+def test_npz_declaring_a_huge_transition_table_fails_fast(tmp_path):
+    """Issue 9: a 1.75 MB npz declaring transitions [15000, 1, 15000] took 36 s and 6.3 GB
+    before validation rejected it. The .npy header is now checked first (here [8000, 1,
+    8000]: 6.4e7 entries, 512 MB as float64, stored in ~3 MB)."""
+    path = tmp_path / "big.npz"
+    _npz_declaring(path, "transitions", (8000, 1, 8000))
+    assert path.stat().st_size < 4 * 2**20
+    _fails_fast_and_small(
+        path,
+        re.escape("transitions has shape [8000, 1, 8000] (64000000 entries)")
+        + r".*at most MAX_FILE_ENTRIES = 50000000 entries",
+    )
+
+
+def test_npz_array_of_huge_strings_is_refused_from_its_header(tmp_path):
+    path = tmp_path / "names.npz"
+    _npz_declaring(path, "states", (10,), descr="<U20000000", data=False)  # 800 MB declared
+    _fails_fast_and_small(path, re.escape("states has shape [10] of dtype <U20000000"))
+
+
+def test_yaml_aliases_declaring_a_huge_transition_table_fail_fast(tmp_path):
+    """A 60 kB YAML file can declare [7100, 1, 7100] by repeating one aliased row: counted
+    (aliases included) before any array is built."""
+    n = 7100
+    row = "[" + ", ".join(["0.0"] * n) + "]"
+    text = (
+        "horizon: 3\ninitial: [1.0]\nrewards: [[0.0]]\ntransitions:\n"
+        + f"  - &row [{row}]\n"
+        + "  - *row\n" * (n - 1)
+    )
+    path = tmp_path / "aliases.yaml"
+    path.write_text(text)
+    assert path.stat().st_size < 100_000
+    _fails_fast_and_small(path, re.escape(f"transitions has shape [{n}, 1, {n}] ({n * n} entries)"))
+
+
+def test_recursive_yaml_alias_is_refused(tmp_path):
+    path = tmp_path / "loop.yaml"
+    path.write_text("horizon: 3\ninitial: [1.0]\nrewards: [[0.0]]\ntransitions: &t [[*t]]\n")
+    with pytest.raises(ValueError, match=r"transitions contains itself \(a recursive YAML alias\)"):
+        TabularMDP.from_file(path)
+
+
+@pytest.mark.parametrize(("suffix", "limit"), [(".yaml", 2**24), (".npz", 2**30)])
+def test_oversized_files_are_refused_before_reading(tmp_path, suffix, limit):
+    from pglab.tabular import mdp as mdp_module
+
+    assert {".yaml": mdp_module.MAX_YAML_BYTES, ".npz": mdp_module.MAX_NPZ_BYTES}[suffix] == limit
+    path = tmp_path / f"huge{suffix}"
+    with path.open("wb") as handle:
+        handle.truncate(limit + 1)  # sparse: nothing is written
+    _fails_fast_and_small(path, re.escape(f"the file has {limit + 1} bytes, more than the {limit}"))
+
+
+def test_files_at_the_limit_still_load(tmp_path):
+    """The limits refuse only what exceeds them: an npz and a YAML file of a real MDP load."""
+    mdp = zoo.garnet(n_states=30, n_actions=3, branching=2, seed=1, horizon=5)
+    for suffix in (".npz", ".yaml"):
+        mdp.to_file(tmp_path / f"garnet{suffix}")
+        assert_same_mdp(TabularMDP.from_file(tmp_path / f"garnet{suffix}"), mdp)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pglab import estimators
+from pglab import checks, estimators
 from pglab.collapse import CollapseConfig, CollapseDetector
 from pglab.result import TrainResult
 from pglab.tabular import estimates, exact
@@ -63,6 +63,11 @@ def optimal_action_mask(mdp: TabularMDP, rel_tol: float = 1e-9) -> torch.Tensor:
     whatever the policy does.
     """
     values, _ = exact.optimal_solution(mdp)
+    return _optimal_action_mask(mdp, values, rel_tol)
+
+
+def _optimal_action_mask(mdp: TabularMDP, values: torch.Tensor, rel_tol: float) -> torch.Tensor:
+    """:func:`optimal_action_mask` from the optimal values ``V*`` ``[T+1, S]``."""
     n_states, n_actions = mdp.n_states, mdp.n_actions
     flat = mdp.transitions.reshape(n_states * n_actions, n_states)
     next_values = values[1:] @ flat.T  # [T, S*A]: sum_{s'} P(s'|s,a) V*_{t+1}(s')
@@ -93,9 +98,16 @@ def tabular_collapse_config(
 
     ``stationary_return``: J*_stat if already computed (``None``: computed here).
     """
-    j_uniform = exact.expected_return(mdp, torch.zeros(mdp.n_states, mdp.n_actions))
+    checks.instance("mdp", mdp, TabularMDP)
     if stationary_return is None:
         stationary_return = exact.best_stationary_return(mdp)
+    return _collapse_config(mdp, window, stationary_return)
+
+
+def _collapse_config(mdp: TabularMDP, window: int, stationary_return: float) -> CollapseConfig:
+    """:func:`tabular_collapse_config` on checked inputs."""
+    uniform = torch.zeros(mdp.n_states, mdp.n_actions, dtype=torch.float64)
+    j_uniform = exact._expected_return(mdp, uniform)
     j_mid = j_uniform + 0.5 * (stationary_return - j_uniform)
     return CollapseConfig(
         window_episodes=window,
@@ -168,33 +180,32 @@ def tabular_ascent(
         ValueError: before any work, for a bad step size, iteration count, gradient name,
             trajectory count or logits.
     """
-    if not isinstance(mdp, TabularMDP):
-        raise ValueError(f"mdp must be a TabularMDP, got {type(mdp).__name__}")
-    if not math.isfinite(step_size) or step_size <= 0:
-        raise ValueError(f"step_size={step_size!r}, expected a finite number > 0")
-    if isinstance(n_iterations, bool) or not isinstance(n_iterations, int) or n_iterations < 1:
-        raise ValueError(f"n_iterations={n_iterations!r}, expected an integer >= 1")
+    checks.instance("mdp", mdp, TabularMDP)
+    step_size = checks.positive_real("step_size", step_size)
+    n_iterations = checks.positive_int("n_iterations", n_iterations)
     if gradient != GRADIENT_EXACT:
-        estimators.check_estimator(gradient)
-        if not isinstance(n_trajectories, int) or n_trajectories < 1:
-            raise ValueError(
-                f"n_trajectories={n_trajectories!r}, expected an integer >= 1 for "
-                f"gradient={gradient!r}"
-            )
+        checks.one_of("gradient", gradient, (GRADIENT_EXACT, *estimators.ESTIMATORS))
+        n_trajectories = checks.positive_int("n_trajectories", n_trajectories)
+    seed = checks.seed("seed", seed)
     theta = check_logits(logits0, mdp.n_states, mdp.n_actions).detach().clone()
-    j_star = exact.optimal_return(mdp)
+    if detector is not None:
+        checks.instance("detector", detector, CollapseDetector)
+
+    # From here on every input is checked: the oracle and the sampler trust them.
+    optimal_values, _ = exact._optimal_solution(mdp)
+    j_star = float(mdp.initial @ optimal_values[0])
     j_stationary = exact.best_stationary_return(mdp)
     if detector is None:
-        detector = CollapseDetector(tabular_collapse_config(mdp, stationary_return=j_stationary))
+        detector = CollapseDetector(_collapse_config(mdp, 10, j_stationary))
     detector.reset()
 
-    optimal = optimal_action_mask(mdp).to(torch.float64)  # [T, S, A]
+    optimal = _optimal_action_mask(mdp, optimal_values, 1e-9).to(torch.float64)  # [T, S, A]
     live = (~mdp.terminal).to(torch.float64)  # [S]
     history: list[dict[str, Any]] = []
     status = "complete"
 
     for k in range(n_iterations):
-        solution = exact.solve(mdp, theta)
+        solution = exact._solve(mdp, theta)
         pi = solution.policy  # [S, A]
         weight = solution.occupancy * live  # [T, S]: d_t(s) on real decisions
         total = float(weight.sum())
@@ -206,7 +217,7 @@ def tabular_ascent(
         if gradient == GRADIENT_EXACT:
             g = solution.gradient
         else:
-            samples = estimates.sample_gradients(
+            samples = estimates._sample_gradients(
                 mdp, theta, n_trajectories, gradient, iteration_seed(seed, k)
             )
             g = torch.as_tensor(samples, dtype=torch.float64).mean(dim=0)  # [S, A]

@@ -21,44 +21,51 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pglab import checks
 from pglab.estimators import (
     BATCH_COUPLED_ESTIMATORS,
     ESTIMATORS,
     RETURN_ESTIMATORS,
+    _return_weights,
+    _step_weights,
     check_estimator,
-    check_seed,
     discount_factors,
     return_coefficients,
-    return_weights,
-    step_weights,
 )
 from pglab.tabular import exact
 from pglab.tabular.mdp import TabularMDP
 from pglab.tabular.policy import check_logits, softmax_policy
-from pglab.tabular.sampling import TrajectorySampler, block_size_for, check_n_trajectories
+from pglab.tabular.sampling import TrajectorySampler, block_size_for
 
 __all__ = ["batch_estimates", "sample_gradients"]
 
 
 # ---------------------------------------------------------------------------------------
-class _Setup:
-    """Validated inputs and the per-theta work shared by sample_gradients and batch_estimates."""
+def _check_mdp_logits_seed(mdp: Any, logits: Any, seed: Any) -> tuple[Tensor, int]:
+    """The public entry points' checks: detached float64 logits ``[S, A]`` and the seed."""
+    checks.instance("mdp", mdp, TabularMDP)
+    seed = checks.seed("seed", seed)
+    return check_logits(logits, mdp.n_states, mdp.n_actions).detach(), seed
 
-    def __init__(self, mdp: TabularMDP, logits: Any, names: Sequence[str], seed: Any) -> None:
-        if not isinstance(mdp, TabularMDP):
-            raise ValueError(f"mdp must be a TabularMDP, got {type(mdp).__name__}")
-        self.seed = check_seed(seed)
-        theta = check_logits(logits, mdp.n_states, mdp.n_actions).detach()
+
+class _Setup:
+    """The per-theta work shared by sample_gradients and batch_estimates.
+
+    Trusts its inputs (checked once by the public entry point): ``theta`` detached float64
+    logits ``[S, A]`` of ``mdp``, known estimator ``names`` and a seed in ``[0, 2**63)``.
+    """
+
+    def __init__(self, mdp: TabularMDP, theta: Tensor, names: Sequence[str], seed: int) -> None:
         self.mdp = mdp
         self.policy = softmax_policy(theta)  # [S, A]
         self.n_states, self.n_actions, self.horizon = mdp.n_states, mdp.n_actions, mdp.horizon
         # V_t(s) as a flat table indexed by t S + s, for baseline_value.
         self.values = None
         if "baseline_value" in names:
-            self.values = exact.solve(mdp, theta).values[:-1].reshape(-1)  # [T*S]
+            self.values = exact._solve(mdp, theta).values[:-1].reshape(-1)  # [T*S]
             self.time_offset = torch.arange(self.horizon) * self.n_states  # [T]
-        self.sampler = TrajectorySampler(mdp, self.policy)
-        self.generator = torch.Generator().manual_seed(self.seed)
+        self.sampler = TrajectorySampler._trusted(mdp, self.policy)
+        self.generator = torch.Generator().manual_seed(seed)
 
     def state_values(self, states: Tensor) -> Tensor:
         """``[n, T]`` ``V_t(s_{i,t})``."""
@@ -99,8 +106,14 @@ def sample_gradients(
     Memory: ``O(N S A)`` for the result plus ``O(block T)`` working space.
     """
     check_estimator(estimator)
-    n = check_n_trajectories(n_trajectories)
-    setup = _Setup(mdp, logits, (estimator,), seed)
+    n = checks.positive_int("n_trajectories", n_trajectories)
+    theta, seed = _check_mdp_logits_seed(mdp, logits, seed)
+    return _sample_gradients(mdp, theta, n, estimator, seed)
+
+
+def _sample_gradients(mdp: TabularMDP, theta: Tensor, n: int, estimator: str, seed: int) -> Tensor:
+    """:func:`sample_gradients` on checked inputs (theta as in :class:`_Setup`)."""
+    setup = _Setup(mdp, theta, (estimator,), seed)
     n_states, n_actions, horizon, gamma = setup.n_states, setup.n_actions, mdp.horizon, mdp.gamma
     n_pairs = n_states * n_actions
     out = torch.empty(n, n_pairs, dtype=torch.float64)
@@ -115,7 +128,7 @@ def sample_gradients(
     visits = torch.empty(block, n_states, dtype=torch.float64)
     minus_policy = -setup.policy  # [S, A]
     start = 0
-    for batch in setup.sampler.blocks(n, setup.generator, block):
+    for batch in setup.sampler._blocks(n, setup.generator, block):
         rows = batch.n_trajectories
         stop = start + rows
         sa = torch.add(batch.actions, batch.states, alpha=n_actions, out=pairs[:rows])  # s A + a
@@ -124,7 +137,7 @@ def sample_gradients(
             weights = score_weights[:rows].copy_(batch.mask)
         else:
             values = setup.state_values(batch.states) if estimator == "baseline_value" else None
-            weights = step_weights(batch.rewards, batch.mask, estimator, gamma, values)
+            weights = _step_weights(batch.rewards, batch.mask, estimator, gamma, values)
         # sum_a C_i[s, a] = sum_t Psi_{i,t} 1[s_t = s]
         per_state = visits[:rows].zero_().scatter_add_(1, batch.states, weights)
         target = out[start:stop]
@@ -140,7 +153,7 @@ def sample_gradients(
         start = stop
 
     if coupled:
-        out.mul_(return_weights(returns, estimator)[:, None])
+        out.mul_(_return_weights(returns, estimator)[:, None])
     return out.view(n, n_states, n_actions)
 
 
@@ -187,19 +200,20 @@ def batch_estimates(
     unless the mean return exceeds its spread by many orders of magnitude.)
     """
     if isinstance(estimators, str) or not isinstance(estimators, Sequence):
-        raise ValueError(
+        raise checks.ConfigError(
             f"estimators must be a sequence of names, got {estimators!r}; "
             f"e.g. ['reinforce']; known: {list(ESTIMATORS)}"
         )
     if len(estimators) == 0:
-        raise ValueError(f"estimators is empty; choose from {list(ESTIMATORS)}")
+        raise checks.ConfigError(f"estimators is empty; choose from {list(ESTIMATORS)}")
     names = list(dict.fromkeys(check_estimator(name) for name in estimators))
-    n = check_n_trajectories(n_trajectories)
-    n_reps = check_n_trajectories(n_repetitions, "n_repetitions")
+    n = checks.positive_int("n_trajectories", n_trajectories)
+    n_reps = checks.positive_int("n_repetitions", n_repetitions)
     chunk = None
     if max_trajectories_per_chunk is not None:
-        chunk = check_n_trajectories(max_trajectories_per_chunk, "max_trajectories_per_chunk")
-    setup = _Setup(mdp, logits, names, seed)
+        chunk = checks.positive_int("max_trajectories_per_chunk", max_trajectories_per_chunk)
+    theta, seed = _check_mdp_logits_seed(mdp, logits, seed)
+    setup = _Setup(mdp, theta, names, seed)
     if chunk is None:
         chunk = block_size_for(mdp.horizon)
     n_states, n_actions, horizon, gamma = setup.n_states, setup.n_actions, mdp.horizon, mdp.gamma
@@ -223,7 +237,7 @@ def batch_estimates(
     mask_weights = torch.empty(block, horizon, dtype=torch.float64)
     discounts = discount_factors(horizon, gamma, mean)
     start = 0
-    for batch in setup.sampler.blocks(n * n_reps, setup.generator, block):
+    for batch in setup.sampler._blocks(n * n_reps, setup.generator, block):
         rows = batch.n_trajectories
         rep = torch.arange(start, start + rows) // n  # [rows] repetition of each trajectory
         # flat accumulator index  k S A + s A + a
@@ -232,7 +246,7 @@ def batch_estimates(
         flat_idx = idx.view(-1)
         for name in step_names:
             values = setup.state_values(batch.states) if name == "baseline_value" else None
-            psi = step_weights(batch.rewards, batch.mask, name, gamma, values)
+            psi = _step_weights(batch.rewards, batch.mask, name, gamma, values)
             step_sums[name].index_add_(0, flat_idx, psi.reshape(-1))
         if return_names:
             block_returns = batch.rewards @ discounts  # R_i

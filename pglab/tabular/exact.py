@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from pglab import checks
 from pglab.tabular.mdp import TabularMDP
 from pglab.tabular.policy import check_logits, softmax_policy
 
@@ -122,8 +123,8 @@ class _Dynamics:
 
 
 def _logits_for(mdp: TabularMDP, logits: Any) -> torch.Tensor:
-    if not isinstance(mdp, TabularMDP):
-        raise ValueError(f"mdp must be a TabularMDP, got {type(mdp).__name__}")
+    """The public entry points' one check: ``mdp`` is an MDP and ``logits`` fit it."""
+    checks.instance("mdp", mdp, TabularMDP)
     return check_logits(logits, mdp.n_states, mdp.n_actions)
 
 
@@ -172,7 +173,11 @@ def solve(mdp: TabularMDP, logits: Any) -> ExactSolution:
         :class:`ExactSolution`; the gradient uses the policy-gradient theorem
         ``dJ/dtheta[s, b] = sum_t gamma^t d_t(s) pi(b|s) (Q_t(s, b) - V_t(s))``.
     """
-    theta = _logits_for(mdp, logits).detach()
+    return _solve(mdp, _logits_for(mdp, logits).detach())
+
+
+def _solve(mdp: TabularMDP, theta: torch.Tensor) -> ExactSolution:
+    """:func:`solve` for checked, detached float64 logits ``[S, A]``."""
     policy = softmax_policy(theta)
     dynamics = _Dynamics(mdp)
     values, q_values = _backward(mdp, policy, dynamics)
@@ -192,7 +197,10 @@ def solve(mdp: TabularMDP, logits: Any) -> ExactSolution:
 
 def expected_return(mdp: TabularMDP, logits: Any) -> float:
     """``J(theta) = sum_s rho(s) V_0(s)`` by the backward recursion (float64)."""
-    theta = _logits_for(mdp, logits).detach()
+    return _expected_return(mdp, _logits_for(mdp, logits).detach())
+
+
+def _expected_return(mdp: TabularMDP, theta: torch.Tensor) -> float:
     values, _ = _backward(mdp, softmax_policy(theta))
     return float(mdp.initial @ values[0])
 
@@ -225,12 +233,11 @@ def policy_gradient(mdp: TabularMDP, logits: Any, method: str = "theorem") -> to
             ``"autograd"`` (reverse-mode autodiff through the backward Bellman recursion,
             an independent code path used to cross-check the theorem).
     """
-    if method not in GRADIENT_METHODS:
-        raise ValueError(f"unknown gradient method {method!r}; known: {list(GRADIENT_METHODS)}")
+    checks.one_of("gradient method", method, GRADIENT_METHODS)
     theta = _logits_for(mdp, logits)
     if method == "autograd":
         return _autograd_gradient(mdp, theta)
-    return solve(mdp, theta).gradient
+    return _solve(mdp, theta.detach()).gradient
 
 
 def optimal_solution(mdp: TabularMDP) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,8 +253,10 @@ def optimal_solution(mdp: TabularMDP) -> tuple[torch.Tensor, torch.Tensor]:
         policies may be non-stationary; a stationary softmax policy can reach at most
         ``optimal_return(mdp)``.
     """
-    if not isinstance(mdp, TabularMDP):
-        raise ValueError(f"mdp must be a TabularMDP, got {type(mdp).__name__}")
+    return _optimal_solution(checks.instance("mdp", mdp, TabularMDP))
+
+
+def _optimal_solution(mdp: TabularMDP) -> tuple[torch.Tensor, torch.Tensor]:
     dynamics = _Dynamics(mdp)
     values = torch.zeros(mdp.horizon + 1, mdp.n_states, dtype=torch.float64)
     actions = torch.empty(mdp.horizon, mdp.n_states, dtype=torch.int64)
@@ -299,14 +308,13 @@ def best_stationary_policy(
     Returns:
         ``(J, actions [S] int64)``.
     """
-    if not isinstance(mdp, TabularMDP):
-        raise ValueError(f"mdp must be a TabularMDP, got {type(mdp).__name__}")
-    _, optimal_actions = optimal_solution(mdp)
+    checks.instance("mdp", mdp, TabularMDP)
+    _, optimal_actions = _optimal_solution(mdp)
     actions = optimal_actions[0].clone()
-    best = expected_return(mdp, _deterministic_logits(mdp, actions))
+    best = _expected_return(mdp, _deterministic_logits(mdp, actions))
     discounts = _discounts(mdp)[:, None]
     for _ in range(max_steps):
-        solution = solve(mdp, _deterministic_logits(mdp, actions))
+        solution = _solve(mdp, _deterministic_logits(mdp, actions))
         occupancy = (discounts * solution.occupancy)[:, :, None]  # [T, S, 1]
         score = (occupancy * solution.q_values).sum(0)  # [S, A]: sum_t gamma^t d_t(s) Q_t(s, a)
         visited = solution.occupancy.sum(0) > 0
@@ -321,7 +329,7 @@ def best_stationary_policy(
                 single[s] = greedy[s]
                 candidates.append(single)
         for candidate in candidates:
-            value = expected_return(mdp, _deterministic_logits(mdp, candidate))
+            value = _expected_return(mdp, _deterministic_logits(mdp, candidate))
             if value > best + 1e-12 * max(1.0, abs(best)):
                 best, actions = value, candidate
                 break

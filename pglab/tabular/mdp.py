@@ -45,7 +45,7 @@ do not leak in.
 from __future__ import annotations
 
 import math
-import numbers
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,16 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["PROBABILITY_TOLERANCE", "REWARD_TOLERANCE", "TabularMDP"]
+from pglab import checks
+
+__all__ = [
+    "MAX_FILE_ENTRIES",
+    "MAX_NPZ_BYTES",
+    "MAX_YAML_BYTES",
+    "PROBABILITY_TOLERANCE",
+    "REWARD_TOLERANCE",
+    "TabularMDP",
+]
 
 #: Absolute tolerance for "is a probability distribution": entries may be as low as
 #: ``-PROBABILITY_TOLERANCE`` (they are then clipped to 0) and sums may miss 1 by at most
@@ -63,6 +72,18 @@ PROBABILITY_TOLERANCE = 1e-8
 #: Relative tolerance for "``rewards`` is the expectation of ``transition_rewards``":
 #: ``|r(s, a) - sum_s' P(s'|s,a) R(s,a,s')| <= REWARD_TOLERANCE * (1 + max_s' |R(s,a,s')|)``.
 REWARD_TOLERANCE = 1e-9
+
+#: Most entries one array of an MDP file may declare: ``S A S <= 5e7`` for
+#: ``transitions``, 400 MB as float64 (checking it makes a few more copies of that size).
+#: :meth:`TabularMDP.from_file` checks every array's declared shape against it before it
+#: builds any array, so a small file cannot ask for gigabytes.
+MAX_FILE_ENTRIES = 50_000_000
+#: Largest ``.npz`` MDP file: two ``[S, A, S]`` float64 tables at :data:`MAX_FILE_ENTRIES`
+#: take 800 MB.
+MAX_NPZ_BYTES = 2**30
+#: Largest ``.yaml`` MDP file (16 MiB). YAML is for MDPs written by hand: PyYAML parses
+#: about 0.5 MB/s and holds ~16 bytes per byte of text; write larger MDPs as ``.npz``.
+MAX_YAML_BYTES = 2**24
 
 _REQUIRED_FILE_KEYS = ("horizon", "initial", "transitions", "rewards")
 _OPTIONAL_FILE_KEYS = ("name", "gamma", "terminal", "states", "actions", "transition_rewards")
@@ -212,18 +233,9 @@ class TabularMDP:
         tol = PROBABILITY_TOLERANCE
 
         # --- scalars -------------------------------------------------------------------
-        if not isinstance(name, str):
-            raise ValueError(f"name must be a str, got {name!r} ({type(name).__name__})")
-        if isinstance(horizon, bool) or not isinstance(horizon, numbers.Integral):
-            raise ValueError(
-                f"horizon must be an int >= 1, got {horizon!r} ({type(horizon).__name__})"
-            )
-        if horizon < 1:
-            raise ValueError(f"horizon must be an int >= 1, got {horizon}")
-        if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
-            raise ValueError(f"gamma must be a real number in [0, 1], got {gamma!r}")
-        if not (math.isfinite(float(gamma)) and 0.0 <= float(gamma) <= 1.0):
-            raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
+        checks.instance("name", name, str)
+        horizon = checks.positive_int("horizon", horizon)
+        gamma = checks.discount("gamma", gamma)
 
         # --- transitions ---------------------------------------------------------------
         p = _to_float64("transitions", transitions)
@@ -327,8 +339,8 @@ class TabularMDP:
         self.rewards = r
         self.transition_rewards = big_r
         self.initial = rho
-        self.horizon = int(horizon)
-        self.gamma = float(gamma)
+        self.horizon = horizon
+        self.gamma = gamma
         self.terminal = term
         self.name = name
         self.state_names = states
@@ -617,12 +629,20 @@ class TabularMDP:
         Unknown keys are an error (they are usually typos). A missing required key raises
         ValueError naming the key and the file; the contents are then validated exactly as
         in the constructor.
+
+        Size limits, checked before any array is built: the file is at most
+        :data:`MAX_NPZ_BYTES` (1 GiB) or :data:`MAX_YAML_BYTES` (16 MiB), and every array
+        declares at most :data:`MAX_FILE_ENTRIES` (5e7) entries, e.g. ``S A S`` for
+        ``transitions``: the ``.npy`` headers inside an ``.npz`` are read without loading
+        the arrays, and YAML lists are counted (repeated aliases included) before they are
+        converted. The error names the array, its shape and the limit.
         """
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix in (".yaml", ".yml"):
             import yaml
 
+            _check_file_size(path, MAX_YAML_BYTES, "write large MDPs as .npz")
             with path.open("r", encoding="utf-8") as handle:
                 data = yaml.safe_load(handle)
             if not isinstance(data, dict):
@@ -630,7 +650,12 @@ class TabularMDP:
                     f"{path}: expected a YAML mapping with keys {list(_REQUIRED_FILE_KEYS)}, "
                     f"got {type(data).__name__}"
                 )
+            for key, value in data.items():
+                if isinstance(value, list):
+                    _check_declared_size(path, str(key), *_nested_shape(path, str(key), value))
         elif suffix == ".npz":
+            _check_file_size(path, MAX_NPZ_BYTES, "")
+            _check_npz_headers(path)
             with np.load(path, allow_pickle=False) as archive:
                 data = {key: archive[key] for key in archive.files}
             for key in ("name", "horizon", "gamma"):
@@ -742,3 +767,102 @@ def _terminal_mask(terminal: Any, n_states: int) -> np.ndarray:
             )
         mask[index] = True
     return mask
+
+
+# --- file size limits --------------------------------------------------------------------
+def _check_file_size(path: Path, limit: int, hint: str) -> None:
+    size = path.stat().st_size
+    if size > limit:
+        advice = f"; {hint}" if hint else ""
+        raise ValueError(
+            f"{path}: the file has {size} bytes, more than the {limit} bytes an MDP "
+            f"{path.suffix} file may have{advice}"
+        )
+
+
+def _check_declared_size(path: Path, key: str, shape: Sequence[int], entries: int) -> None:
+    """ValueError unless an array of ``entries`` entries (shape ``shape``) fits the limit."""
+    if entries > MAX_FILE_ENTRIES:
+        raise ValueError(
+            f"{path}: {key} has shape {_shape(shape)} ({entries} entries); an array of an MDP "
+            f"file may have at most MAX_FILE_ENTRIES = {MAX_FILE_ENTRIES} entries "
+            f"(S*A*S <= {MAX_FILE_ENTRIES:.0e}, {8 * MAX_FILE_ENTRIES // 10**6} MB as float64)"
+        )
+
+
+def _check_npz_headers(path: Path) -> None:
+    """Check every array of an ``.npz`` against the limits from its ``.npy`` header alone.
+
+    An ``.npz`` is a zip of ``.npy`` files; each starts with a header declaring its shape
+    and dtype, read here without reading (or decompressing) the data.
+    """
+    from numpy.lib import format as npy
+
+    readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as error:
+        raise ValueError(f"{path}: not a valid .npz file ({error})") from None
+    with archive:
+        for info in archive.infolist():
+            key = info.filename.removesuffix(".npy")
+            if info.filename.endswith(".npy"):
+                with archive.open(info) as handle:
+                    try:
+                        version = npy.read_magic(handle)
+                        reader = readers.get(version)
+                        if reader is None:
+                            raise ValueError(f"unsupported .npy format version {version}")
+                        shape, _, dtype = reader(handle)
+                    except ValueError as error:
+                        raise ValueError(
+                            f"{path}: {key} is not a valid .npy array ({error})"
+                        ) from None
+                entries = math.prod(shape)
+                _check_declared_size(path, key, shape, entries)
+                if entries * dtype.itemsize > 8 * MAX_FILE_ENTRIES:
+                    raise ValueError(
+                        f"{path}: {key} has shape {_shape(shape)} of dtype {dtype} "
+                        f"({entries * dtype.itemsize} bytes); an array of an MDP file may hold "
+                        f"at most {8 * MAX_FILE_ENTRIES} bytes"
+                    )
+            # any member (an array, or something np.load would read whole) is bounded too
+            byte_limit = 8 * MAX_FILE_ENTRIES + 2**16  # the data plus a header
+            if info.file_size > byte_limit:
+                raise ValueError(
+                    f"{path}: {key} holds {info.file_size} bytes uncompressed; an entry of an "
+                    f"MDP .npz file may hold at most {byte_limit} bytes"
+                )
+
+
+def _nested_shape(path: Path, key: str, value: list) -> tuple[list[int], int]:
+    """(shape along the first elements, number of scalar leaves) of nested YAML lists.
+
+    Leaves are counted per reference, as ``np.array`` would copy them: a list that YAML
+    aliases ``k`` times counts ``k`` times. Each distinct list is visited once, so the
+    cost is bounded by the size of the file, however many aliases multiply it.
+    """
+    counts: dict[int, int] = {}
+    open_lists: set[int] = set()
+    stack: list[tuple[list, bool]] = [(value, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in counts:
+            continue
+        if children_done:
+            open_lists.discard(id(node))
+            counts[id(node)] = sum(counts[id(c)] if isinstance(c, list) else 1 for c in node)
+            continue
+        open_lists.add(id(node))
+        stack.append((node, True))
+        for child in node:
+            if isinstance(child, list) and id(child) not in counts:
+                if id(child) in open_lists:
+                    raise ValueError(f"{path}: {key} contains itself (a recursive YAML alias)")
+                stack.append((child, False))
+    shape = []  # no cycles (checked above), so this walk ends
+    node: Any = value
+    while isinstance(node, list):
+        shape.append(len(node))
+        node = node[0] if node else None
+    return shape, counts[id(value)]

@@ -9,12 +9,12 @@ Everything here is float64 and on the CPU, to match :class:`pglab.tabular.mdp.Ta
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 import numpy as np
 import torch
+
+from pglab import checks
 
 __all__ = ["LOGIT_KINDS", "check_logits", "entropy", "initial_logits", "softmax_policy"]
 
@@ -126,26 +126,20 @@ def initial_logits(
     Returns:
         ``[S, A]`` float64 tensor.
     """
-    for field, value in (("n_states", n_states), ("n_actions", n_actions)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{field} must be an int >= 1, got {value!r}")
-    if kind not in LOGIT_KINDS:
-        raise ValueError(f"unknown logits kind {kind!r}; known kinds: {list(LOGIT_KINDS)}")
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise ValueError(f"scale must be a finite number >= 0, got {scale!r}")
-    if not (math.isfinite(float(scale)) and scale >= 0):
-        raise ValueError(f"scale must be a finite number >= 0, got {scale!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"seed must be an int, got {seed!r}")
+    n_states = checks.positive_int("n_states", n_states)
+    n_actions = checks.positive_int("n_actions", n_actions)
+    checks.one_of("logits kind", kind, LOGIT_KINDS)
+    scale = checks.real("scale", scale, 0.0)
+    seed = checks.seed("seed", seed)
 
-    shape = (int(n_states), int(n_actions))
-    generator = torch.Generator().manual_seed(int(seed))
+    shape = (n_states, n_actions)
+    generator = torch.Generator().manual_seed(seed)
     if kind == "uniform":
         return torch.zeros(shape, dtype=torch.float64)
     if kind == "random":
-        return float(scale) * torch.randn(shape, generator=generator, dtype=torch.float64)
+        return scale * torch.randn(shape, generator=generator, dtype=torch.float64)
     # near_deterministic
     favoured = torch.randint(0, shape[1], (shape[0],), generator=generator)
     logits = torch.zeros(shape, dtype=torch.float64)
-    logits[torch.arange(shape[0]), favoured] = float(scale)
+    logits[torch.arange(shape[0]), favoured] = scale
     return logits

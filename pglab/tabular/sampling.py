@@ -44,7 +44,6 @@ Results are bitwise reproducible for a given generator state (and thread count).
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +52,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pglab import checks
 from pglab.tabular.mdp import PROBABILITY_TOLERANCE, TabularMDP
 
 __all__ = [
@@ -61,7 +61,6 @@ __all__ = [
     "TrajectorySampler",
     "alias_tables",
     "block_size_for",
-    "check_n_trajectories",
     "sample_trajectories",
 ]
 
@@ -105,17 +104,6 @@ class TrajectoryBatch:
     def horizon(self) -> int:
         """``T``."""
         return int(self.states.shape[1])
-
-
-def check_n_trajectories(n_trajectories: Any, field: str = "n_trajectories") -> int:
-    """Return ``n_trajectories`` as an int; ValueError unless it is a positive integer."""
-    if (
-        isinstance(n_trajectories, bool)
-        or not isinstance(n_trajectories, numbers.Integral)
-        or n_trajectories < 1
-    ):
-        raise ValueError(f"{field} must be a positive integer, got {n_trajectories!r}")
-    return int(n_trajectories)
 
 
 def _check_generator(generator: Any) -> torch.Generator:
@@ -201,9 +189,18 @@ class TrajectorySampler:
     """
 
     def __init__(self, mdp: TabularMDP, policy: Tensor) -> None:
-        if not isinstance(mdp, TabularMDP):
-            raise ValueError(f"mdp must be a TabularMDP, got {type(mdp).__name__}")
-        pi = _check_policy(policy, mdp.n_states, mdp.n_actions)
+        checks.instance("mdp", mdp, TabularMDP)
+        self._build(mdp, _check_policy(policy, mdp.n_states, mdp.n_actions))
+
+    @classmethod
+    def _trusted(cls, mdp: TabularMDP, policy: Tensor) -> TrajectorySampler:
+        """A sampler for a policy known to be valid: a CPU float64 ``[S, A]`` softmax of
+        checked logits (:mod:`pglab.tabular.estimates`), so it is not checked again."""
+        sampler = cls.__new__(cls)
+        sampler._build(mdp, policy)
+        return sampler
+
+    def _build(self, mdp: TabularMDP, pi: Tensor) -> None:
         self.mdp = mdp
         self.policy = pi
         n_states, n_actions = mdp.n_states, mdp.n_actions
@@ -264,8 +261,10 @@ class TrajectorySampler:
 
         Consumes ``N (T + 1)`` float64 uniforms from ``generator`` (see the module docs).
         """
-        n = check_n_trajectories(n_trajectories)
-        _check_generator(generator)
+        n = checks.positive_int("n_trajectories", n_trajectories)
+        return self._sample(n, _check_generator(generator))
+
+    def _sample(self, n: int, generator: torch.Generator) -> TrajectoryBatch:
         horizon = self.horizon
         out = TrajectoryBatch(
             states=torch.empty(n, horizon, dtype=torch.int64),
@@ -274,7 +273,7 @@ class TrajectorySampler:
             mask=torch.empty(n, horizon, dtype=torch.bool),
         )
         start = 0
-        for block in self.blocks(n, generator):
+        for block in self._blocks(n, generator, block_size_for(horizon)):
             stop = start + block.n_trajectories
             for field, value in zip(_fields(out), _fields(block), strict=True):
                 field[start:stop].copy_(value)
@@ -296,10 +295,10 @@ class TrajectorySampler:
         *non-contiguous* ``[n, T]`` views (transposes of time-major buffers) that the next
         block overwrites: copy anything you keep.
         """
-        n = check_n_trajectories(n_trajectories)
+        n = checks.positive_int("n_trajectories", n_trajectories)
         if block_size is None:
             block_size = block_size_for(self.horizon)
-        block = check_n_trajectories(block_size, "block_size")
+        block = checks.positive_int("block_size", block_size)
         _check_generator(generator)
         return self._blocks(n, generator, block)  # validated now, sampled lazily
 
@@ -429,6 +428,6 @@ def sample_trajectories(
     Equivalent to ``TrajectorySampler(mdp, policy).sample(n_trajectories, generator)``;
     build a :class:`TrajectorySampler` yourself to sample repeatedly at the same policy.
     """
-    n = check_n_trajectories(n_trajectories)
+    n = checks.positive_int("n_trajectories", n_trajectories)
     _check_generator(generator)
-    return TrajectorySampler(mdp, policy).sample(n, generator)
+    return TrajectorySampler(mdp, policy)._sample(n, generator)

@@ -11,8 +11,6 @@ All constructors return a validated :class:`~pglab.tabular.mdp.TabularMDP` (floa
 from __future__ import annotations
 
 import inspect
-import math
-import numbers
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pglab import checks
 from pglab.tabular.mdp import TabularMDP
 
 __all__ = [
@@ -34,22 +33,6 @@ __all__ = [
     "taxi",
     "two_state",
 ]
-
-
-def _check_int(field: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{field} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_real(field: str, value: Any, low: float = -math.inf, high: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{field} must be a real number, got {value!r}")
-    value = float(value)
-    if not (math.isfinite(value) and low <= value <= high):
-        bounds = f" in [{low:g}, {high:g}]" if math.isfinite(low) or math.isfinite(high) else ""
-        raise ValueError(f"{field} must be a finite number{bounds}, got {value!r}")
-    return value
 
 
 # ---------------------------------------------------------------------------------------
@@ -100,9 +83,9 @@ def two_state(
     ``go``. At the uniform policy the gradient in ``start`` points towards the myopic
     ``stay``.
     """
-    horizon = _check_int("horizon", horizon, 1)
-    stay_reward = _check_real("stay_reward", stay_reward)
-    far_reward = _check_real("far_reward", far_reward)
+    horizon = checks.positive_int("horizon", horizon)
+    stay_reward = checks.real("stay_reward", stay_reward)
+    far_reward = checks.real("far_reward", far_reward)
     transitions = torch.tensor(
         [
             [[1.0, 0.0], [0.0, 1.0]],  # start: stay -> start, go -> far
@@ -167,11 +150,11 @@ def chain(
     sampled gradients mostly see the small reward: a classic test of exploration and of
     gradient variance.
     """
-    n_states = _check_int("n_states", n_states, 2)
-    slip = _check_real("slip", slip, 0.0, 1.0)
-    small_reward = _check_real("small_reward", small_reward)
-    big_reward = _check_real("big_reward", big_reward)
-    horizon = _check_int("horizon", horizon, 1)
+    n_states = checks.integer("n_states", n_states, minimum=2)
+    slip = checks.probability("slip", slip)
+    small_reward = checks.real("small_reward", small_reward)
+    big_reward = checks.real("big_reward", big_reward)
+    horizon = checks.positive_int("horizon", horizon)
 
     left, right = 0, 1
     states = np.arange(n_states)
@@ -247,14 +230,17 @@ def gridworld(
     it with probability ``slip / 2``; the policy must trade path length against risk, and
     terminal states make trajectories of random length.
     """
-    size = _check_int("size", size, 2)
-    slip = _check_real("slip", slip, 0.0, 1.0)
-    goal_reward = _check_real("goal_reward", goal_reward)
-    pit_reward = _check_real("pit_reward", pit_reward)
-    step_reward = _check_real("step_reward", step_reward)
+    size = checks.integer("size", size, minimum=2)
+    slip = checks.probability("slip", slip)
+    goal_reward = checks.real("goal_reward", goal_reward)
+    pit_reward = checks.real("pit_reward", pit_reward)
+    step_reward = checks.real("step_reward", step_reward)
+    pit = checks.boolean("pit", pit)
     if pit and size < 3:
-        raise ValueError(f"size must be >= 3 when pit=True (the pit needs a cell), got {size}")
-    horizon = 4 * size if horizon is None else _check_int("horizon", horizon, 1)
+        raise checks.ConfigError(
+            f"size must be >= 3 when pit=True (the pit needs a cell), got {size}"
+        )
+    horizon = 4 * size if horizon is None else checks.positive_int("horizon", horizon)
 
     n_states, n_actions = size * size, 4
     deltas = {0: (0, -1), 1: (1, 0), 2: (0, 1), 3: (-1, 0)}  # left, down, right, up
@@ -337,16 +323,15 @@ def garnet(
     the oracle on "typical" MDPs; ``branching`` controls how stochastic it is
     (``branching = 1`` is deterministic).
     """
-    n_states = _check_int("n_states", n_states, 1)
-    n_actions = _check_int("n_actions", n_actions, 1)
-    branching = _check_int("branching", branching, 1)
+    n_states = checks.positive_int("n_states", n_states)
+    n_actions = checks.positive_int("n_actions", n_actions)
+    branching = checks.positive_int("branching", branching)
     if branching > n_states:
-        raise ValueError(f"branching must be <= n_states = {n_states}, got {branching}")
-    horizon = _check_int("horizon", horizon, 1)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"seed must be an int, got {seed!r}")
+        raise checks.ConfigError(f"branching must be <= n_states = {n_states}, got {branching}")
+    horizon = checks.positive_int("horizon", horizon)
+    seed = checks.seed("seed", seed)
 
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = torch.Generator().manual_seed(seed)
     shape = (n_states, n_actions)
     # branching distinct successors: the first `branching` entries of a random permutation
     successors = torch.rand(*shape, n_states, generator=generator, dtype=torch.float64)
@@ -402,10 +387,8 @@ def frozenlake(
     standard small benchmark with a known optimum.
     """
     env_ids = {"4x4": "FrozenLake-v1", "8x8": "FrozenLake8x8-v1"}
-    if map_name not in env_ids:
-        raise ValueError(f"map_name must be one of {list(env_ids)}, got {map_name!r}")
-    if not isinstance(is_slippery, bool):
-        raise ValueError(f"is_slippery must be a bool, got {is_slippery!r}")
+    checks.one_of("map_name", map_name, tuple(env_ids))
+    checks.boolean("is_slippery", is_slippery)
     env_id = env_ids[map_name]
     name = env_id if is_slippery else f"{env_id}(is_slippery=False)"
     return TabularMDP.from_gymnasium(
@@ -439,8 +422,7 @@ def cliffwalking(
     Why: a safe-but-long versus short-but-risky path; the cliff makes the returns of
     exploratory policies strongly negative and high-variance.
     """
-    if not isinstance(is_slippery, bool):
-        raise ValueError(f"is_slippery must be a bool, got {is_slippery!r}")
+    checks.boolean("is_slippery", is_slippery)
     name = "CliffWalking-v1" if not is_slippery else "CliffWalkingSlippery-v1"
     return TabularMDP.from_gymnasium(
         "CliffWalking-v1", horizon=horizon, gamma=gamma, name=name, is_slippery=is_slippery
@@ -480,8 +462,7 @@ def taxi(
     Why: the largest zoo MDP (``S = 501``, ``A = 6``), with a long-delayed reward and many
     punishing actions; it checks that the oracle and samplers scale.
     """
-    if not isinstance(is_rainy, bool):
-        raise ValueError(f"is_rainy must be a bool, got {is_rainy!r}")
+    checks.boolean("is_rainy", is_rainy)
     name = "Taxi-v4" if not is_rainy else "Taxi-v4(is_rainy=True)"
     return TabularMDP.from_gymnasium(
         "Taxi-v4", horizon=horizon, gamma=gamma, name=name, is_rainy=is_rainy
@@ -520,14 +501,13 @@ def make(name: str, **kwargs: Any) -> TabularMDP:
         ValueError: for an unknown name (listing the known ones) or an argument the
             constructor does not take (listing the ones it does).
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown MDP {name!r}; known MDPs: {available()}")
+    checks.one_of("MDP", name, available())
     constructor = _REGISTRY[name]
     signature = inspect.signature(constructor)
     try:
         signature.bind(**kwargs)
     except TypeError as error:
-        raise ValueError(
+        raise checks.ConfigError(
             f"make({name!r}): {error}; {name} takes {list(signature.parameters)}"
         ) from None
     return constructor(**kwargs)
