@@ -115,24 +115,39 @@ def test_cg_of_zero_is_zero():
         ("mlp", (5,), "tanh", True),
     ],
 )
-def test_fisher_vector_products_match_the_explicit_empirical_fisher(kind, hidden, activation, wrap):
-    policy = make_policy(kind, 3, 3, hidden, activation, seed=2, dtype=torch.float64)
-    obs = _synthetic_batch().observations[_synthetic_batch().mask]
+@pytest.mark.parametrize("n_actions", [2, 3])  # two actions: the rank-one factor
+def test_fisher_vector_products_match_the_explicit_empirical_fisher(
+    kind, hidden, activation, wrap, n_actions
+):
+    policy = make_policy(kind, 3, n_actions, hidden, activation, seed=2, dtype=torch.float64)
+    batch = _synthetic_batch(n_actions=n_actions)
+    obs = batch.observations[batch.mask]
     fisher = _explicit_fisher(policy, obs)
     subject = _Wrapped(policy) if wrap else policy
-    operator = U.FisherOperator(subject, obs)
-    assert operator._manual is (not wrap)
+    modes = ("autograd",) if wrap else ("jacobian", "matrix_free", "autograd")
+    assert U.FisherOperator(subject, obs).mode == ("autograd" if wrap else "jacobian")
     g = torch.Generator().manual_seed(3)
-    for _ in range(3):
+    for mode in modes:
+        operator = U.FisherOperator(subject, obs, mode=mode)
+        for _ in range(3):
+            v = torch.randn(operator.dim, generator=g, dtype=torch.float64)
+            # float64, sums of O(10-100) products of O(1) terms: round-off ~1e-15
+            torch.testing.assert_close(operator(v), fisher @ v, atol=1e-12, rtol=1e-12)
+        # stride k: the same Fisher on every k-th state
+        strided = U.FisherOperator(subject, obs, stride=2, mode=mode)
         v = torch.randn(operator.dim, generator=g, dtype=torch.float64)
-        # float64, O(10-100) products of O(1) terms: round-off ~1e-15
-        torch.testing.assert_close(operator(v), fisher @ v, atol=1e-12, rtol=1e-12)
-    # stride k: the same Fisher on every k-th state
-    strided = U.FisherOperator(subject, obs, stride=2)
-    v = torch.randn(operator.dim, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(
-        strided(v), _explicit_fisher(policy, obs[::2]) @ v, atol=1e-12, rtol=1e-12
-    )
+        torch.testing.assert_close(
+            strided(v), _explicit_fisher(policy, obs[::2]) @ v, atol=1e-12, rtol=1e-12
+        )
+
+
+def test_fisher_mode_auto_switches_to_matrix_free_for_large_batches(monkeypatch):
+    policy = make_policy("mlp", 3, 3, (5,), seed=2, dtype=torch.float64)
+    obs = _synthetic_batch().observations[_synthetic_batch().mask]
+    monkeypatch.setattr(U, "JACOBIAN_BUDGET", 10)
+    assert U.FisherOperator(policy, obs).mode == "matrix_free"
+    with pytest.raises(ConfigError, match="use 'autograd' for _Wrapped"):
+        U.FisherOperator(_Wrapped(policy), obs, mode="jacobian")
 
 
 def test_fisher_is_the_curvature_of_the_mean_kl():

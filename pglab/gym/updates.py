@@ -59,11 +59,13 @@ import torch
 from torch import Tensor, nn
 
 from pglab import checks
-from pglab.gym.gradients import flat_grad, flat_params, surrogate_loss
+from pglab.gym.gradients import flat_grad, flat_params
 
 __all__ = [
     "PPO_OPTIMIZERS",
     "UPDATE_RULES",
+    "FISHER_MODES",
+    "JACOBIAN_BUDGET",
     "CGResult",
     "FisherOperator",
     "NPGConfig",
@@ -250,24 +252,25 @@ def conjugate_gradient(
         return CGResult(x, 0, 0.0 if b_norm == 0.0 else math.nan)
     r = b.clone()
     p = b.clone()
-    rr = torch.dot(r, r)
+    rr = b_norm * b_norm
+    stop = (tolerance * b_norm) ** 2
     done = 0
     for _ in range(iterations):
         ap = matvec(p)
-        curvature = torch.dot(p, ap)
-        if not bool(curvature > 0):
+        curvature = float(torch.dot(p, ap))
+        if not curvature > 0:  # NaN too
             break
         alpha = rr / curvature
-        x.add_(alpha * p)
-        r.sub_(alpha * ap)
+        x.add_(p, alpha=alpha)
+        r.add_(ap, alpha=-alpha)
         done += 1
-        rr_new = torch.dot(r, r)
-        if float(rr_new.sqrt()) <= tolerance * b_norm:
+        rr_new = float(torch.dot(r, r))
+        if rr_new <= stop:
             rr = rr_new
             break
         p.mul_(rr_new / rr).add_(r)
         rr = rr_new
-    return CGResult(x, done, float(rr.sqrt()) / b_norm)
+    return CGResult(x, done, math.sqrt(rr) / b_norm)
 
 
 # ---------------------------------------------------------------------------------------
@@ -298,51 +301,93 @@ def _split(params: list[Tensor], vector: Tensor) -> list[Tensor]:
     return parts
 
 
-class FisherOperator:
-    """Matrix-free ``v -> Fbar v`` at the policy's current parameters on given states.
+#: Fisher-vector-product methods of :class:`FisherOperator`.
+FISHER_MODES: tuple[str, ...] = ("auto", "jacobian", "matrix_free", "autograd")
 
-    ``Fbar = (1/M) sum_m J_m^T (diag(pi_m) - pi_m pi_m^T) J_m`` with ``J_m`` the Jacobian
-    of the logits at state ``m`` (module docstring); equivalently the Hessian in ``theta'``
-    of ``mean_m KL(pi_theta(.|s_m) || pi_theta'(.|s_m))`` at ``theta' = theta``.
+#: ``mode="auto"`` builds the explicit ``[M A, P]`` factor when it has at most this many
+#: entries (2 MB in float32), i.e. for small batches, where the per-call overhead of the
+#: matrix-free product's ~25 small tensor operations dominates its arithmetic. Larger
+#: factors make each product memory-bound (measured on 2 cores: 1.6 ms for the 7.6 MB
+#: factor of N = 10 CartPole episodes, against 0.6 ms matrix-free).
+JACOBIAN_BUDGET = 500_000
+
+
+class FisherOperator:
+    """``v -> Fbar v`` at the policy's current parameters on given states.
+
+    ``Fbar = (1/M) sum_m J_m^T H_m J_m``, ``H_m = diag(pi_m) - pi_m pi_m^T``, with ``J_m``
+    the ``[A, P]`` Jacobian of the logits at state ``m`` (module docstring); equivalently
+    the Hessian in ``theta'`` of ``mean_m KL(pi_theta(.|s_m) || pi_theta'(.|s_m))`` at
+    ``theta' = theta``. The operator is frozen at construction: later changes to the
+    parameters do not change it (``autograd`` mode excepted, which must not outlive them).
 
     Args:
-        policy: the policy (its parameters are read now; changing them later does not
-            change the operator for a ``CategoricalPolicy``, which caches activations).
+        policy: the policy.
         observations: ``[M, obs_dim]`` states.
         stride: use every ``stride``-th state (>= 1).
+        mode: how products are computed:
 
-    Cost per product: for a ``CategoricalPolicy`` with ``tanh``/``relu`` hidden layers,
-    two matrix products per layer forward and two backward on cached activations, no
-    autograd; otherwise one backward pass through a retained double-backward graph.
+            ``"jacobian"``: ``Fbar = B^T B`` with the explicit factor
+            ``B = C J / sqrt(M)`` ``[M A, P]``, ``C_m = diag(sqrt pi_m)(I - 1 pi_m^T)``
+            (``C_m^T C_m = H_m``), built once by a hand-written backward pass; each product
+            is two matrix-vector products. Memory ``M A P`` floats; with two actions
+            ``H_m`` has rank one and ``B`` one row per state (``M P``).
+            ``"matrix_free"``: ``J^T (H (J v)) / M`` by a hand-written forward-mode and
+            reverse-mode pass over cached activations (two matrix products per layer each
+            way, no autograd).
+            ``"autograd"``: double backpropagation of the mean KL (any policy).
+            ``"auto"`` (default): ``jacobian`` when ``M A P <= JACOBIAN_BUDGET``, else
+            ``matrix_free``; ``autograd`` for a policy that is not a ``CategoricalPolicy``
+            stack of biased ``nn.Linear`` layers with ``tanh`` or ``relu``.
     """
 
-    def __init__(self, policy: nn.Module, observations: Tensor, stride: int = 1) -> None:
+    def __init__(
+        self, policy: nn.Module, observations: Tensor, stride: int = 1, mode: str = "auto"
+    ) -> None:
         stride = checks.positive_int("stride", stride)
+        checks.one_of("Fisher mode", mode, FISHER_MODES)
         if observations.dim() != 2 or observations.shape[0] == 0:
             raise checks.ConfigError(
                 f"observations has shape {list(observations.shape)}, expected [M, obs_dim], M >= 1"
             )
         self.params = _params(policy)
         self.dim = sum(p.numel() for p in self.params)
+        self._sizes = [p.numel() for p in self.params]
+        self._shapes = [p.shape for p in self.params]
         obs = observations[::stride].detach()
         self.n_states = int(obs.shape[0])
         layers = getattr(policy, "layers", None)
         activation = getattr(policy, "activation", None)
-        manual = (
+        stack = (
             isinstance(layers, nn.ModuleList)
             and activation in _DERIVATIVES
             and all(isinstance(layer, nn.Linear) and layer.bias is not None for layer in layers)
             and [id(p) for p in self.params]
             == [id(t) for layer in layers for t in (layer.weight, layer.bias)]
         )
-        self._manual = bool(manual)
-        if self._manual:
-            self._setup_manual(policy, obs)
-        else:
+        if mode == "auto":
+            if not stack:
+                mode = "autograd"
+            else:
+                rows = int(layers[-1].out_features)
+                rows = 1 if rows == 2 else rows
+                size = self.n_states * rows * self.dim
+                mode = "jacobian" if size <= JACOBIAN_BUDGET else "matrix_free"
+        elif mode != "autograd" and not stack:
+            raise checks.ConfigError(
+                f"Fisher mode {mode!r} needs a CategoricalPolicy of biased nn.Linear layers "
+                f"with activation tanh or relu; use 'autograd' for {type(policy).__name__}"
+            )
+        self.mode = mode
+        if mode == "autograd":
             self._setup_autograd(policy, obs)
+        else:
+            self._setup_stack(policy, obs)
+            if mode == "jacobian":
+                self._setup_jacobian()
 
-    # --- hand-written Gauss-Newton product for a Linear stack --------------------------
-    def _setup_manual(self, policy: nn.Module, obs: Tensor) -> None:
+    # --- hand-written products for a Linear stack --------------------------------------
+    def _setup_stack(self, policy: nn.Module, obs: Tensor) -> None:
         layers = list(policy.layers)
         derivative = _DERIVATIVES[policy.activation]
         activation = policy._activation
@@ -359,8 +404,42 @@ class FisherOperator:
             self._probs = torch.softmax(logits, dim=-1)
         self._inputs, self._slopes = inputs, slopes
 
-    def _manual_product(self, vector: Tensor) -> Tensor:
-        parts = _split(self.params, vector)
+    def _setup_jacobian(self) -> None:
+        n_states, n_actions = self._probs.shape
+        pi = self._probs
+        # B's rows for state m are C_m J_m / sqrt(M) with C_m^T C_m = H_m: the backward
+        # pass seeded with the rows of C_m (gradients with respect to the logits)
+        if n_actions == 2:
+            # H_m = pi_0 pi_1 (e_1 - e_0)(e_1 - e_0)^T has rank one: one row per state
+            c = (pi[:, 0] * pi[:, 1] / n_states).sqrt()
+            g = torch.stack([-c, c], dim=-1)[:, None, :]  # [M, 1, 2]
+        else:
+            # C_m = diag(sqrt pi)(I - 1 pi^T): row a is sqrt(pi_a)(e_a - pi)
+            eye = torch.eye(n_actions, dtype=pi.dtype)
+            g = (pi.sqrt() / math.sqrt(n_states))[:, :, None] * (eye[None] - pi[:, None, :])
+        rows = int(g.shape[1])
+        factor = torch.empty(n_states, rows, self.dim, dtype=pi.dtype)
+        offsets = [0]
+        for size in self._sizes:
+            offsets.append(offsets[-1] + size)
+        for i in range(len(self._weights) - 1, -1, -1):
+            x = self._inputs[i]  # [M, in]
+            n_out, n_in = self._weights[i].shape
+            weight_block = factor[:, :, offsets[2 * i] : offsets[2 * i + 1]]
+            torch.mul(
+                g[:, :, :, None],
+                x[:, None, None, :],
+                out=weight_block.view(n_states, rows, n_out, n_in),
+            )
+            factor[:, :, offsets[2 * i + 1] : offsets[2 * i + 2]] = g
+            if i > 0:
+                g = (g @ self._weights[i]) * self._slopes[i - 1][:, None, :]
+        self._factor = factor.view(n_states * rows, self.dim)
+
+    def _matrix_free_product(self, vector: Tensor) -> Tensor:
+        parts = [
+            t.view(shape) for t, shape in zip(vector.split(self._sizes), self._shapes, strict=True)
+        ]
         n_layers = len(self._weights)
         # forward mode: d logits = J v (dz_i = dx_{i-1} W_i^T + x_{i-1} dW_i^T + db_i)
         dx = torch.addmm(parts[1], self._inputs[0], parts[0].T)
@@ -371,15 +450,14 @@ class FisherOperator:
         pi = self._probs
         g = pi * (dx - (pi * dx).sum(dim=-1, keepdim=True))
         g.mul_(1.0 / self.n_states)
-        # reverse mode: J^T g, written straight into the flat output
-        out = torch.empty_like(vector)
-        views = _split(self.params, out)
+        # reverse mode: J^T g
+        out: list[Tensor] = [torch.empty(0)] * (2 * n_layers)
         for i in range(n_layers - 1, -1, -1):
-            torch.mm(g.T, self._inputs[i], out=views[2 * i])
-            torch.sum(g, dim=0, out=views[2 * i + 1])
+            out[2 * i] = g.T.mm(self._inputs[i])
+            out[2 * i + 1] = g.sum(dim=0)
             if i > 0:
                 g = g.mm(self._weights[i]).mul_(self._slopes[i - 1])
-        return out
+        return torch.cat([t.reshape(-1) for t in out])
 
     # --- generic: Hessian of the mean KL by double backpropagation -----------------------
     def _setup_autograd(self, policy: nn.Module, obs: Tensor) -> None:
@@ -401,15 +479,17 @@ class FisherOperator:
         )
 
     def __call__(self, vector: Tensor) -> Tensor:
-        """``Fbar v``: ``[P] -> [P]`` in the parameter dtype (P = number of parameters,
-        in ``policy.parameters()`` order, as :func:`pglab.gym.gradients.flat_grad`)."""
+        """``Fbar v``: ``[P] -> [P]`` (a new tensor) in the parameter dtype (P = number of
+        parameters, in ``policy.parameters()`` order, as :func:`pglab.gym.gradients.flat_grad`)."""
         if vector.shape != (self.dim,):
             raise checks.ConfigError(
                 f"vector has shape {list(vector.shape)}, expected [P] = [{self.dim}]"
             )
         vector = vector.detach().to(self.params[0].dtype)
-        if self._manual:
-            return self._manual_product(vector)
+        if self.mode == "jacobian":
+            return self._factor.T.mv(self._factor.mv(vector))
+        if self.mode == "matrix_free":
+            return self._matrix_free_product(vector)
         return self._autograd_product(vector)
 
 
@@ -439,15 +519,25 @@ def _log_pi(policy: nn.Module, obs: Tensor) -> Tensor:
         return torch.log_softmax(policy(obs), dim=-1)
 
 
-def _ghat(policy: nn.Module, params: list[Tensor], batch: Any, weights: Any) -> Tensor:
-    """``ghat = -grad surrogate_loss`` at the current parameters, flat ``[P]``."""
+def _ghat(
+    policy: nn.Module, params: list[Tensor], obs: Tensor, actions: Tensor, psi: Tensor, n: int
+) -> tuple[Tensor, Tensor]:
+    """``(ghat [P], log pi_old [M, A])`` from one forward and one backward pass.
+
+    The loss is :func:`pglab.gym.gradients.surrogate_loss` term for term,
+    ``-(1/N) sum_m Psi_m log pi(a_m|s_m)`` over the real steps (the same operations on the
+    same rows), and its forward pass also yields the old policy's log-probabilities.
+    """
     for p in params:
         p.grad = None
-    surrogate_loss(policy, batch, weights).backward()
+    log_pi = torch.log_softmax(policy(obs), dim=-1)
+    taken = log_pi.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+    loss = -(psi.to(taken.dtype) * taken).sum() / n
+    loss.backward()
     gradient = -flat_grad(params)
     for p in params:
         p.grad = None
-    return gradient
+    return gradient, log_pi.detach()
 
 
 def _finish(
@@ -468,10 +558,9 @@ def pg_update(policy: nn.Module, batch: Any, weights: Any, step_size: float) -> 
     :func:`pglab.gym.training.train` does), with the same :class:`UpdateInfo`."""
     step_size = checks.positive_real("step_size", step_size, maximum=checks.FLOAT32_MAX)
     params = _params(policy)
-    obs, _, _ = _real_steps(batch, weights)
-    log_old = _log_pi(policy, obs)
+    obs, actions, psi = _real_steps(batch, weights)
     theta_old = flat_params(params)
-    gradient = _ghat(policy, params, batch, weights)
+    gradient, log_old = _ghat(policy, params, obs, actions, psi, batch.mask.shape[0])
     _set_flat(params, theta_old + step_size * gradient)
     kl, step_norm = _finish(policy, obs, log_old, theta_old, params)
     return UpdateInfo(kl=kl, step_norm=step_norm, grad_norm=float(gradient.norm()))
@@ -491,14 +580,13 @@ def npg_update(policy: nn.Module, batch: Any, weights: Any, config: NPGConfig) -
     """
     config.validate()
     params = _params(policy)
-    obs, _, _ = _real_steps(batch, weights)
-    log_old = _log_pi(policy, obs)
+    obs, actions, psi = _real_steps(batch, weights)
     theta_old = flat_params(params)
-    gradient = _ghat(policy, params, batch, weights)
+    gradient, log_old = _ghat(policy, params, obs, actions, psi, batch.mask.shape[0])
     fisher = FisherOperator(policy, obs, config.fisher_stride)
     scale = obs.shape[0] / batch.mask.shape[0]  # M / N: Fhat = (M/N) Fbar
     solve = conjugate_gradient(
-        lambda v: scale * fisher(v) + config.damping * v,
+        lambda v: fisher(v).mul_(scale).add_(v, alpha=config.damping),
         gradient,
         config.cg_iterations,
         config.cg_tolerance,
@@ -545,14 +633,13 @@ def trpo_update(policy: nn.Module, batch: Any, weights: Any, config: TRPOConfig)
     params = _params(policy)
     obs, actions, psi = _real_steps(batch, weights)
     n_episodes = batch.mask.shape[0]
-    log_old = _log_pi(policy, obs)
+    theta_old = flat_params(params)
+    gradient, log_old = _ghat(policy, params, obs, actions, psi, n_episodes)
     log_old_taken = log_old.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
     psi = psi.to(log_old.dtype)
-    theta_old = flat_params(params)
-    gradient = _ghat(policy, params, batch, weights)
     fisher = FisherOperator(policy, obs, config.fisher_stride)
     solve = conjugate_gradient(
-        lambda v: fisher(v) + config.damping * v,
+        lambda v: fisher(v).add_(v, alpha=config.damping),
         gradient,
         config.cg_iterations,
         config.cg_tolerance,
