@@ -494,3 +494,34 @@ def test_estimator_sweeps_differing_in_k_are_not_pooled(tmp_path):
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "Cells are split by n_repetitions" in html
     assert "n_repetitions = 20" in captions(html)["estimator_relative_bias_20"]
+
+
+@pytest.mark.skipif(not HAS_ASCENT, reason="experiments/tabular_ascent.py does not exist yet")
+def test_exact_ascent_runs_with_different_n_are_not_extra_seeds(tmp_path):
+    """gradient=exact ignores N, but runs that differ in it are different configs: two N
+    × two seeds are two cells of two seeds (were one "exact" cell of "4 seeds")."""
+    run_app(
+        "tabular_ascent.py",
+        "-m",
+        "gradient=exact",
+        "n_trajectories=10,100",
+        "seed=0,1",
+        "n_iterations=3",
+        "logger=none",
+        "progress=false",
+        f"paths.output_dir={tmp_path}",
+    )
+    out = tmp_path / "report"
+    assert main([str(tmp_path / "multirun"), "--out", str(out), "--resamples", RESAMPLES]) == 0
+    final = pd.read_csv(out / "tables" / "ascent_final_return.csv")
+    # the table stores N = 0 for exact rows: the config's N is the key that splits the cells
+    assert final[["config.n_trajectories", "gradient_label", "n_seeds"]].to_numpy().tolist() == [
+        [10, "exact", 2],
+        [100, "exact", 2],
+    ]
+    for n in (10, 100):
+        caption = captions((out / "report.html").read_text(encoding="utf-8"))[
+            f"ascent_expected_return_{n}"
+        ]
+        assert seeds_in(caption) == (2, 2)
+        assert f"config.n_trajectories = {n}" in caption
