@@ -303,3 +303,38 @@ def test_input_checks():
         nat.trpo_step(mdp, torch.zeros(1, 3), 0.0)
     with pytest.raises(ValueError, match=r"logits has shape \[3\]"):
         nat.natural_gradient(mdp, torch.zeros(3))
+
+
+# --------------------------------------------------------------------------------------
+# Tabular natural direction from any state weights (exact or sampled visit counts)
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("damping", [0.0, 0.1])
+def test_tabular_natural_direction_matches_the_explicit_block_solve(damping):
+    n_states, n_actions = 4, 3
+    logits = _random((n_states, n_actions), 20)
+    pi = torch.softmax(logits, -1)
+    z = _random((n_states, n_actions), 21)
+    g = pi * (z - (pi * z).sum(-1, keepdim=True))  # a softmax gradient: sums to 0 per state
+    c = torch.tensor([0.7, 0.0, 2.5, 0.05], dtype=torch.float64)  # one unvisited state
+    fisher = torch.block_diag(
+        *[c[s] * (torch.diag(pi[s]) - torch.outer(pi[s], pi[s])) for s in range(4)]
+    )
+    if damping == 0.0:
+        expected = torch.linalg.pinv(fisher, hermitian=True, rtol=1e-12) @ g.reshape(-1)
+    else:
+        expected = torch.linalg.solve(
+            fisher + damping * torch.eye(12, dtype=torch.float64), g.reshape(-1)
+        )
+    x = nat.tabular_natural_direction(logits, g, c, damping)
+    # cond(F restricted to its range) ~ 1e2 here: both routes agree to ~1e-14
+    torch.testing.assert_close(x.reshape(-1), expected, atol=1e-11, rtol=0.0)
+
+
+def test_tabular_natural_direction_with_exact_weights_is_the_natural_gradient():
+    mdp = zoo.make("gridworld")
+    logits = _random((mdp.n_states, mdp.n_actions), 22)
+    natural = nat.natural_gradient(mdp, logits)
+    weights = nat.state_weights(mdp, natural.solution)
+    x = nat.tabular_natural_direction(logits, natural.gradient, weights)
+    # g / (w pi) recovers Abar up to round-off of pi ~ e^-4 at worst here
+    torch.testing.assert_close(x, natural.direction, atol=1e-10, rtol=0.0)

@@ -82,6 +82,7 @@ __all__ = [
     "natural_gradient",
     "npg_step",
     "state_weights",
+    "tabular_natural_direction",
     "trpo_step",
 ]
 
@@ -261,6 +262,59 @@ def mean_kl(mdp: TabularMDP, theta_old: Any, theta_new: Any, features: Any = Non
     _, _, logits_new = _params(mdp, theta_new, features)
     solution = exact.solve(mdp, logits_old)
     return _mean_kl(mdp, solution, logits_old, logits_new)
+
+
+def tabular_natural_direction(
+    logits: Any, gradient: Any, weights: Any, damping: float = 0.0
+) -> torch.Tensor:
+    """``x = (F + lambda I)^dagger g`` for a tabular softmax policy and any state weights.
+
+    The Fisher of a tabular softmax is block-diagonal, ``F_s = c(s) (diag pi_s - pi_s
+    pi_s^T)``, for state weights ``c(s) >= 0``: ``c = w`` (:func:`state_weights`) gives the
+    exact trajectory Fisher, and ``c(s) = n_s / N`` with ``n_s`` the number of decisions
+    taken in ``s`` by N sampled trajectories gives its unbiased estimate from a batch
+    (the action expectation done exactly, as :class:`pglab.gym.updates.FisherOperator`
+    does), so sampled tabular NPG is ``theta + eta x`` with ``g = ghat``. Per state, with
+    every ``pi(a|s) > 0``:
+
+    * ``lambda = 0``: ``x_s = g_s / (c(s) pi_s) - mean_a(g_s / (c(s) pi_s))`` (the
+      pseudo-inverse, exact when ``sum_a g_s = 0``, true of any softmax gradient and
+      of its sampled estimates); ``x_s = 0`` where ``c(s) = 0``;
+    * ``lambda > 0``: Sherman-Morrison with ``D = c diag(pi) + lambda I``:
+      ``x_s = D^-1 g + c D^-1 pi (pi^T D^-1 g) / (1 - c pi^T D^-1 pi)``.
+
+    Args:
+        logits: ``[S, A]`` logits of the policy.
+        gradient: ``[S, A]`` ``g`` (exact ``grad J`` or a sampled ``ghat``).
+        weights: ``[S]`` ``c(s) >= 0``.
+        damping: ``lambda >= 0``.
+
+    Returns:
+        ``[S, A]`` float64.
+    """
+    damping = checks.real("damping", damping, 0.0)
+    shape = tuple(torch.as_tensor(logits).shape)
+    if len(shape) != 2:
+        raise checks.ConfigError(f"logits must have shape [S, A], got {list(shape)}")
+    n_states, n_actions = shape
+    theta = check_logits(logits, n_states, n_actions).detach()
+    g = check_logits(gradient, n_states, n_actions).detach()
+    c = torch.as_tensor(weights, dtype=torch.float64).detach()
+    if tuple(c.shape) != (n_states,) or not bool(torch.isfinite(c).all()) or bool((c < 0).any()):
+        raise checks.ConfigError(
+            f"weights must be [S] = [{n_states}] finite numbers >= 0, got shape {list(c.shape)}"
+        )
+    pi = torch.softmax(theta, dim=-1)
+    if damping == 0.0:
+        visited = (c > 0)[:, None]
+        scaled = torch.where(visited, g / torch.where(visited, c[:, None] * pi, 1.0), 0.0)
+        return scaled - scaled.mean(dim=-1, keepdim=True)
+    inverse = 1.0 / (c[:, None] * pi + damping)  # D^-1, [S, A]
+    d_g = inverse * g
+    d_pi = inverse * pi
+    numerator = (pi * d_g).sum(-1, keepdim=True)  # pi^T D^-1 g
+    denominator = 1.0 - c[:, None] * (pi * d_pi).sum(-1, keepdim=True)  # > 0 for lambda > 0
+    return d_g + c[:, None] * d_pi * numerator / denominator
 
 
 @dataclass(frozen=True)
