@@ -161,6 +161,8 @@ def _return_figures(section: Section, cells: pd.DataFrame, names: tuple[str, str
 def _collapse_figure(section: Section, part: pd.DataFrame, names: tuple[str, str], text) -> None:
     prefix, slug = names
     label, env, ci = text["label"], text["env"], text["ci"]
+    windows = sorted({int(w) for w in part.get("collapse_window_episodes", pd.Series()).dropna()})
+    window = "/".join(map(str, windows)) or "the detector's window of"
     collapse = stats.collapse_table(part, CELL, confidence=text["confidence"])
     for column in reversed(text["context"]):
         collapse.insert(0, column, [part[column].iloc[0]] * len(collapse))
@@ -187,8 +189,9 @@ def _collapse_figure(section: Section, part: pd.DataFrame, names: tuple[str, str
         f"{prefix}_collapse{slug}",
         figure,
         f"{env} step-size phase diagram: the fraction of runs that ended their budget "
-        f"collapsed, i.e. stuck (over the last 100 episodes: mean return at or below random "
-        f"play and a near-deterministic policy) or diverged, per batch size N (rows) and "
+        f"collapsed, i.e. stuck (over the last {window} episodes: mean return at or below "
+        f"collapse.poor_return, by default 30 where random CartPole play scores about 22, "
+        f"and a near-deterministic policy) or diverged, per batch size N (rows) and "
         f"step size α (columns), annotated k/n (collapsed runs / runs; {seeds}); runs that "
         f"dipped and recovered are not counted. The table gives the exact (Clopper–Pearson) "
         f"{ci} of each probability."
