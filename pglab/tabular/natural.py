@@ -252,7 +252,10 @@ def _mean_kl(
     per_state = torch.where(
         solution_old.policy > 0, solution_old.policy * (log_old - log_new), 0.0
     ).sum(-1)
-    return float((weights * per_state).sum() / weights.sum())
+    length = float(weights.sum())
+    if length <= 0.0:  # every episode starts in a terminal state: no decision is ever taken
+        return 0.0
+    return float((weights * per_state).sum()) / length
 
 
 def mean_kl(mdp: TabularMDP, theta_old: Any, theta_new: Any, features: Any = None) -> float:
