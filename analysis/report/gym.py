@@ -163,6 +163,8 @@ def _collapse_figure(section: Section, part: pd.DataFrame, names: tuple[str, str
     label, env, ci = text["label"], text["env"], text["ci"]
     windows = sorted({int(w) for w in part.get("collapse_window_episodes", pd.Series()).dropna()})
     window = "/".join(map(str, windows)) or "the detector's window of"
+    cartpole = env.startswith("CartPole")
+    poor_note = " (default 30; random play scores about 22)" if cartpole else ""
     collapse = stats.collapse_table(part, CELL, confidence=text["confidence"])
     for column in reversed(text["context"]):
         collapse.insert(0, column, [part[column].iloc[0]] * len(collapse))
@@ -190,12 +192,11 @@ def _collapse_figure(section: Section, part: pd.DataFrame, names: tuple[str, str
         figure,
         f"{env} step-size phase diagram: the fraction of runs that ended their budget "
         f"collapsed, i.e. stuck (over the last {window} episodes: mean return at or below "
-        f"collapse.poor_return, by default 30 where random CartPole play scores about 22, "
-        f"and a near-deterministic policy) or diverged, per batch size N (rows) and "
+        f"collapse.poor_return{poor_note} and a near-deterministic policy) or diverged, per batch size N (rows) and "
         f"step size α (columns), annotated k/n (collapsed runs / runs; {seeds}); runs that "
         f"dipped and recovered are not counted. The table gives the exact (Clopper–Pearson) "
         f"{ci} of each probability."
-        + (f" {COLLAPSE_VALIDATION}" if env.startswith("CartPole") else "")
+        + (f" {COLLAPSE_VALIDATION}" if cartpole else "")
         + caption_context(label),
     )
     section.add_cells(
