@@ -7,17 +7,29 @@ statistics themselves from scipy. The input layout throughout:
   estimator (each a flattened ``[S, A]`` gradient, ``D = S A``), e.g. a value of
   :func:`pglab.tabular.estimates.batch_estimates` reshaped to ``[K, -1]``;
 * ``truth``: ``[D]`` the exact gradient ``grad J`` (:func:`pglab.tabular.exact.policy_gradient`).
+
+Thread counts. The results are bit-identical whatever the BLAS and OpenMP thread counts
+(``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS``, ...): a multithreaded BLAS splits a
+product's sums differently for different thread counts, which moves the last bits of the
+bootstrap and, through them, of the interval ends. So every product here is an
+``np.einsum`` (numpy's own loops, one thread, one summation order), and the one
+eigenvector the interval needs comes from :func:`_top_eigenvector` (Householder
+tridiagonalisation in numpy, then LAPACK's bisection and inverse iteration on the
+tridiagonal matrix, which call no multithreaded BLAS). Numbers can still differ between
+machines whose CPUs take different vector paths through numpy's loops.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from scipy import linalg as scipy_linalg
 from scipy import stats as scipy_stats
+
+from pglab import checks
 
 __all__ = [
     "HIGH_DIMENSION",
@@ -67,6 +79,80 @@ def _as_float_array(name: str, value: Any, ndim: int) -> np.ndarray:
         index = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
         raise ValueError(f"{name}{list(index)} is {array[index]}; all entries must be finite")
     return array
+
+
+def _sq_norm(vector: np.ndarray) -> float:
+    """``||v||^2`` in one fixed summation order (``v @ v`` is a BLAS call that may thread)."""
+    return float(np.einsum("d,d->", vector, vector))
+
+
+def _top_eigenvector(matrix: np.ndarray) -> np.ndarray:
+    """Unit eigenvector of the largest eigenvalue of the symmetric ``matrix`` ``[n, n]``.
+
+    Computed in a fixed order whatever the thread counts: Householder reflections
+    ``H_k = I - 2 v_k v_k^T`` (numpy loops) reduce ``matrix`` to a tridiagonal ``T =
+    Q^T matrix Q``, LAPACK's bisection and inverse iteration (``stebz``/``stein``, no
+    level-3 BLAS) give the eigenvector ``z`` of ``T``'s largest eigenvalue, and ``Q z`` is
+    the result. Accurate to round-off over the gap to the next eigenvalue, as LAPACK's
+    ``syevd``; the sign is arbitrary (the caller fixes it).
+    """
+    work = np.array(matrix, dtype=np.float64)  # a copy, reduced in place
+    n = work.shape[0]
+    if n == 1:
+        return np.ones(1)
+    reflectors: list[tuple[int, np.ndarray]] = []
+    for k in range(n - 2):
+        column = work[k + 1 :, k]
+        norm = math.sqrt(_sq_norm(column))
+        if norm == 0.0:
+            continue  # already reduced
+        alpha = -math.copysign(norm, column[0])  # H column = alpha e_1
+        v = column.copy()
+        v[0] -= alpha
+        v /= math.sqrt(_sq_norm(v))
+        block = work[k + 1 :, k + 1 :]
+        p = 2.0 * np.einsum("ij,j->i", block, v)  # 2 A v
+        w = p - np.einsum("i,i->", v, p) * v
+        block -= np.multiply.outer(v, w) + np.multiply.outer(w, v)  # H A H
+        work[k + 1 :, k] = 0.0
+        work[k, k + 1 :] = 0.0
+        work[k + 1, k] = work[k, k + 1] = alpha
+        reflectors.append((k, v))
+    _, z = scipy_linalg.eigh_tridiagonal(
+        np.diag(work).copy(), np.diag(work, 1).copy(), select="i", select_range=(n - 1, n - 1)
+    )
+    vector = z[:, 0].copy()
+    for k, v in reversed(reflectors):  # Q z = H_0 H_1 ... z
+        tail = vector[k + 1 :]
+        tail -= 2.0 * np.einsum("i,i->", v, tail) * v
+    return vector / math.sqrt(_sq_norm(vector))
+
+
+def _principal_axis(centred: np.ndarray, gram: np.ndarray, use_gram: bool) -> np.ndarray:
+    """Unit top principal axis ``[D]`` of the centred rows ``[K, D]``, LAPACK's sign.
+
+    ``gram`` is ``centred centred^T`` (``use_gram``) or ``centred^T centred``. The axis
+    itself is :func:`_top_eigenvector`'s, of the smaller of the two ``min(K, D)``-sized
+    matrices; its sign, which the interval depends on, is the one ``numpy.linalg.eigh``
+    gives ``gram`` (whose own last bits may move with the BLAS threads, never its sign
+    unless the top eigenvalue is degenerate; then the largest entry is made positive).
+    """
+    n_reps, dim = centred.shape
+    _, vectors = np.linalg.eigh(gram)
+    reference = np.einsum("kd,k->d", centred, vectors[:, -1]) if use_gram else vectors[:, -1]
+    if dim <= n_reps:
+        scatter = gram if not use_gram else np.einsum("kd,ke->de", centred, centred)
+        axis = _top_eigenvector(scatter)
+    else:
+        small = gram if use_gram else np.einsum("kd,jd->kj", centred, centred)
+        axis = np.einsum("kd,k->d", centred, _top_eigenvector(small))
+        axis /= math.sqrt(_sq_norm(axis))
+    agreement = float(np.einsum("d,d->", axis, reference)) / math.sqrt(_sq_norm(reference))
+    if abs(agreement) >= 0.5:
+        sign = 1.0 if agreement > 0 else -1.0
+    else:  # degenerate top eigenvalue: LAPACK's vector is arbitrary within its eigenspace
+        sign = 1.0 if axis[int(np.argmax(np.abs(axis)))] > 0 else -1.0
+    return sign * axis
 
 
 def _bootstrap_counts(n_reps: int, n_resamples: int, seed: int) -> np.ndarray:
@@ -146,22 +232,25 @@ def _bias_test(
 ) -> dict[str, float]:
     """:func:`bias_test` on ``xbar`` ``[D]``, the centred rows ``[K, D]`` and their ``w_k`` ``[K]``."""
     n_reps, dim = centred.shape
-    q = float(mean @ mean)
+    q = _sq_norm(mean)
     trace = float(spread.sum()) / (n_reps - 1)
 
     # (K - 1) S = centred^T centred [D, D] and the Gram matrix centred centred^T [K, K]
     # share their non-zero eigenvalues: the Gram matrix unless K is both large and > D
     use_gram = n_reps <= max(dim, MAX_GRAM_ROWS)
-    gram = centred @ centred.T if use_gram else centred.T @ centred
+    if use_gram:
+        gram = np.einsum("kd,jd->kj", centred, centred)
+    else:
+        gram = np.einsum("kd,ke->de", centred, centred)
     statistic = n_reps * q / trace
     dof = _effective_dimension(gram, n_reps, dim)
     if dof >= HIGH_DIMENSION:
         return _f_bias_test(statistic, dof, n_reps, trace, confidence)
 
     counts = _bootstrap_counts(n_reps, n_resamples, seed)  # [B, K]
-    resampled = counts @ centred / n_reps  # e_b  [B, D]
+    resampled = np.einsum("bk,kd->bd", counts, centred) / n_reps  # e_b  [B, D]
     sq_norms = np.einsum("bd,bd->b", resampled, resampled)  # ||e_b||^2
-    traces = (counts @ spread - n_reps * sq_norms) / (n_reps - 1)  # trS_b
+    traces = (np.einsum("bk,k->b", counts, spread) - n_reps * sq_norms) / (n_reps - 1)  # trS_b
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = np.where(traces > 0, trace / traces, np.inf)  # trS / trS_b
     with np.errstate(invalid="ignore"):
@@ -177,10 +266,8 @@ def _bias_test(
     if q > 0 and p_value < 1.0 - confidence:
         direction = mean / math.sqrt(q)
     else:
-        _, vectors = np.linalg.eigh(gram)
-        direction = centred.T @ vectors[:, -1] if use_gram else vectors[:, -1]
-        direction = direction / np.linalg.norm(direction)
-    along = resampled @ direction  # u.e_b
+        direction = _principal_axis(centred, gram, use_gram)
+    along = np.einsum("bd,d->b", resampled, direction)  # u.e_b
 
     def world(theta: float) -> np.ndarray:
         with np.errstate(invalid="ignore"):
@@ -341,31 +428,20 @@ def gradient_estimate_metrics(
         raise ValueError(
             f"truth has {target.shape[0]} entries, expected D = {dim} (from estimates)"
         )
-    if (
-        isinstance(confidence, bool)
-        or not isinstance(confidence, numbers.Real)
-        or not 0.0 < confidence < 1.0
-    ):
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"seed must be an int, got {seed!r}")
-    if (
-        isinstance(n_resamples, bool)
-        or not isinstance(n_resamples, numbers.Integral)
-        or n_resamples < 1
-    ):
-        raise ValueError(f"n_resamples must be a positive integer, got {n_resamples!r}")
+    confidence = checks.real("confidence", confidence, 0.0, 1.0, low_open=True, high_open=True)
+    seed = checks.seed("seed", seed)
+    n_resamples = checks.positive_int("n_resamples", n_resamples)
 
     errors = values - target  # x_k = ghat_k - g
     mean_error = errors.mean(axis=0)
-    bias_sq = float(mean_error @ mean_error)
+    bias_sq = _sq_norm(mean_error)
     bias_norm = math.sqrt(bias_sq)
     centred = errors - mean_error
     spread = np.einsum("kd,kd->k", centred, centred)  # w_k = ||ghat_k - ebar||^2
     total_variance = float(spread.sum()) / (n_reps - 1)
-    g_norm = float(np.linalg.norm(target))
+    g_norm = math.sqrt(_sq_norm(target))
     all_equal = bool(np.all(np.ptp(values, axis=0) == 0))
-    effective = float(spread.sum() ** 2 / (spread @ spread)) if spread.any() else 0.0
+    effective = float(spread.sum() ** 2 / _sq_norm(spread)) if spread.any() else 0.0
     if all_equal:
         effective, total_variance = 0.0, 0.0  # round-off in the mean is not spread
     if constant and not all_equal:
@@ -386,9 +462,7 @@ def gradient_estimate_metrics(
         test = {"p_value": nan, "ci_low": nan, "ci_high": nan}
         test["test_statistic"] = n_reps * bias_sq / total_variance
     else:
-        test = _bias_test(
-            mean_error, centred, spread, float(confidence), int(seed), int(n_resamples)
-        )
+        test = _bias_test(mean_error, centred, spread, confidence, seed, n_resamples)
     debiased = (
         bias_norm
         if (all_equal and constant)
@@ -398,7 +472,7 @@ def gradient_estimate_metrics(
     # Alignment: cos(ghat_k, g) with cos = 0 for ghat_k = 0.
     row_norms = np.linalg.norm(values, axis=1)
     if g_norm > 0:
-        dots = values @ target
+        dots = np.einsum("kd,d->k", values, target)
         safe = np.where(row_norms > 0, row_norms, 1.0)
         cosine_mean = float(np.mean(np.where(row_norms > 0, dots / (safe * g_norm), 0.0)))
     else:

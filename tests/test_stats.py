@@ -218,7 +218,7 @@ def test_metrics_bad_input():
     bad[2, 1] = np.nan
     with pytest.raises(ValueError, match=r"estimates\[2, 1\] is nan"):
         gradient_estimate_metrics(bad, truth)
-    with pytest.raises(ValueError, match="confidence must be in"):
+    with pytest.raises(ValueError, match=r"confidence must be finite and in \(0, 1\), got 1.0"):
         gradient_estimate_metrics(np.zeros((5, 3)), truth, confidence=1.0)
 
 

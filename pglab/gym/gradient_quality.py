@@ -60,6 +60,7 @@ from pglab.gym.gradients import per_episode_gradients, surrogate_loss
 from pglab.gym.policies import CategoricalPolicy
 from pglab.gym.rollouts import EpisodeBatch, RolloutCollector
 from pglab.gym.training import TABULAR_ONLY_ESTIMATORS
+from pglab.threads import thread_invariant
 
 __all__ = [
     "PER_EPISODE_ESTIMATORS",
@@ -278,6 +279,7 @@ def batch_episodes(
     )
 
 
+@thread_invariant
 def reference_gradient(
     policy: CategoricalPolicy,
     env_id: str,
@@ -354,6 +356,7 @@ def reference_gradient(
     )
 
 
+@thread_invariant
 def batch_gradient_quality(
     policy: CategoricalPolicy,
     env_id: str,

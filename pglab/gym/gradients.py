@@ -26,6 +26,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from pglab.threads import thread_invariant
+
 __all__ = [
     "flat_grad",
     "flat_params",
@@ -56,6 +58,7 @@ def _check_batch(batch: Any) -> tuple[Tensor, Tensor, Tensor]:
     return obs, actions, mask
 
 
+@thread_invariant
 def surrogate_loss(policy: nn.Module, batch: Any, weights: Tensor) -> Tensor:
     """Surrogate L(theta) whose negative gradient is the estimate ghat_N.
 
@@ -82,6 +85,7 @@ def surrogate_loss(policy: nn.Module, batch: Any, weights: Tensor) -> Tensor:
     return -(w * log_pi).sum() / n_episodes
 
 
+@thread_invariant
 def per_episode_gradients(
     policy: nn.Module, batch: Any, weights: Tensor, chunk_size: int = 32
 ) -> Tensor:
@@ -152,6 +156,7 @@ def flat_params(params: Iterable[Tensor]) -> Tensor:
     return torch.cat(parts)
 
 
+@thread_invariant
 def grad_variance(per_episode: Tensor) -> float:
     """Estimated total variance of the batch mean, tr Cov(ghat_N), from per-episode gradients.
 

@@ -62,6 +62,7 @@ from gymnasium import spaces
 from torch import Tensor
 
 from pglab.gym.policies import CategoricalPolicy
+from pglab.threads import thread_invariant
 
 __all__ = ["EpisodeBatch", "RolloutCollector"]
 
@@ -339,6 +340,7 @@ class RolloutCollector:
                     "not enforce its time limit"
                 )
 
+    @thread_invariant
     def collect(self, policy: CategoricalPolicy, generator: torch.Generator) -> EpisodeBatch:
         """Play one episode in each of the N environment copies with ``policy``.
 

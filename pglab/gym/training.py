@@ -44,6 +44,7 @@ from pglab import estimators
 from pglab.collapse import CollapseConfig, CollapseDetector
 from pglab.gym.gradients import flat_grad, grad_variance, per_episode_gradients, surrogate_loss
 from pglab.result import TrainResult
+from pglab.threads import thread_invariant
 
 __all__ = ["OPTIMIZERS", "TABULAR_ONLY_ESTIMATORS", "TrainConfig", "TrainResult", "train"]
 
@@ -157,6 +158,7 @@ def _make_optimizer(config: TrainConfig, params: list[Tensor]) -> torch.optim.Op
     return None  # "sgd": the explicit update below
 
 
+@thread_invariant
 def train(
     config: TrainConfig,
     policy: nn.Module,

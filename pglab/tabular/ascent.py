@@ -36,6 +36,7 @@ from pglab.result import TrainResult
 from pglab.tabular import estimates, exact
 from pglab.tabular.mdp import TabularMDP
 from pglab.tabular.policy import check_logits, entropy
+from pglab.threads import thread_invariant
 
 __all__ = [
     "GRADIENT_EXACT",
@@ -54,6 +55,7 @@ def iteration_seed(seed: int, iteration: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1]))
 
 
+@thread_invariant
 def optimal_action_mask(mdp: TabularMDP, rel_tol: float = 1e-9) -> torch.Tensor:
     """``[T, S, A]`` bool: action a is optimal at (t, s), i.e. Q*_t(s, a) >= V*_t(s) - tol.
 
@@ -76,6 +78,7 @@ def _optimal_action_mask(mdp: TabularMDP, values: torch.Tensor, rel_tol: float) 
     return q_star >= values[:-1, :, None] - tol
 
 
+@thread_invariant
 def tabular_collapse_config(
     mdp: TabularMDP, window: int = 10, stationary_return: float | None = None
 ) -> CollapseConfig:
@@ -118,6 +121,7 @@ def _collapse_config(mdp: TabularMDP, window: int, stationary_return: float) -> 
     )
 
 
+@thread_invariant
 def tabular_ascent(
     mdp: TabularMDP,
     logits0: Any,

@@ -36,6 +36,7 @@ from pglab.tabular import exact
 from pglab.tabular.mdp import TabularMDP
 from pglab.tabular.policy import check_logits, softmax_policy
 from pglab.tabular.sampling import TrajectorySampler, block_size_for
+from pglab.threads import thread_invariant
 
 __all__ = ["batch_estimates", "sample_gradients"]
 
@@ -79,6 +80,7 @@ class _Setup:
         return counts
 
 
+@thread_invariant
 def sample_gradients(
     mdp: TabularMDP,
     logits: Any,
@@ -157,6 +159,7 @@ def _sample_gradients(mdp: TabularMDP, theta: Tensor, n: int, estimator: str, se
     return out.view(n, n_states, n_actions)
 
 
+@thread_invariant
 def batch_estimates(
     mdp: TabularMDP,
     logits: Any,

@@ -38,6 +38,7 @@ import torch
 from pglab import checks
 from pglab.tabular.mdp import TabularMDP
 from pglab.tabular.policy import check_logits, softmax_policy
+from pglab.threads import thread_invariant
 
 __all__ = [
     "GRADIENT_METHODS",
@@ -161,6 +162,7 @@ def _discounts(mdp: TabularMDP) -> torch.Tensor:
     return mdp.gamma ** torch.arange(mdp.horizon, dtype=torch.float64)
 
 
+@thread_invariant
 def solve(mdp: TabularMDP, logits: Any) -> ExactSolution:
     """Exact values, occupancies, return and gradient of ``softmax(logits)`` on ``mdp``.
 
@@ -195,6 +197,7 @@ def _solve(mdp: TabularMDP, theta: torch.Tensor) -> ExactSolution:
     )
 
 
+@thread_invariant
 def expected_return(mdp: TabularMDP, logits: Any) -> float:
     """``J(theta) = sum_s rho(s) V_0(s)`` by the backward recursion (float64)."""
     return _expected_return(mdp, _logits_for(mdp, logits).detach())
@@ -223,6 +226,7 @@ def _autograd_gradient(mdp: TabularMDP, theta: torch.Tensor) -> torch.Tensor:
     return gradient
 
 
+@thread_invariant
 def policy_gradient(mdp: TabularMDP, logits: Any, method: str = "theorem") -> torch.Tensor:
     """Exact ``dJ/dtheta``, ``[S, A]`` float64.
 
@@ -240,6 +244,7 @@ def policy_gradient(mdp: TabularMDP, logits: Any, method: str = "theorem") -> to
     return _solve(mdp, theta.detach()).gradient
 
 
+@thread_invariant
 def optimal_solution(mdp: TabularMDP) -> tuple[torch.Tensor, torch.Tensor]:
     """Optimal values and a greedy optimal (time-dependent, deterministic) policy.
 
@@ -281,6 +286,7 @@ def _deterministic_logits(mdp: TabularMDP, actions: torch.Tensor) -> torch.Tenso
     return logits
 
 
+@thread_invariant
 def best_stationary_policy(
     mdp: TabularMDP, max_steps: int = 200, max_switch_trials: int = 8
 ) -> tuple[float, torch.Tensor]:

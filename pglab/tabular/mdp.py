@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from pglab import checks
+from pglab.threads import thread_invariant
 
 __all__ = [
     "MAX_FILE_ENTRIES",
@@ -217,6 +218,7 @@ class TabularMDP:
     state_names: tuple[str, ...] | None
     action_names: tuple[str, ...] | None
 
+    @thread_invariant
     def __init__(
         self,
         transitions: Any,
