@@ -182,7 +182,8 @@ def main() -> None:
         "--threads",
         type=int,
         default=1,
-        help="torch.set_num_threads; 1 as in experiments/cartpole.py (0: torch's default)",
+        help="torch.set_num_threads (0: torch's default); RolloutCollector.collect runs on one "
+        "thread whatever it is (pglab.threads); the comparison loops follow it",
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

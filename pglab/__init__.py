@@ -13,7 +13,8 @@ writes no result files; ``experiments/`` wires it to configs and trackers, and
 shared                      ``estimators`` (the weights Psi of every estimator), ``stats``
                             (bias, variance, the unbiasedness test), ``collapse`` (the
                             detector), ``result`` (a run's outcome), ``checks`` (input
-                            checks), ``schema`` (the stored tables, dependency-free)
+                            checks), ``threads`` (numbers independent of the thread
+                            count), ``schema`` (the stored tables, dependency-free)
 ==========================  ==============================================================
 
 The main entry points are importable from here (``pglab.train``, ``pglab.solve``, ...);

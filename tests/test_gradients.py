@@ -138,7 +138,7 @@ def test_bad_inputs_raise_value_error():
     batch, weights = _hand_batch()
     with pytest.raises(ValueError, match="weights has shape"):
         surrogate_loss(policy, batch, weights[:, :3])
-    with pytest.raises(ValueError, match="chunk_size=0"):
+    with pytest.raises(ValueError, match="chunk_size must be a positive integer, got 0"):
         per_episode_gradients(policy, batch, weights, chunk_size=0)
     with pytest.raises(ValueError, match="N=1"):
         grad_variance(torch.zeros(1, 3))

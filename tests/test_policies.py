@@ -148,9 +148,9 @@ def test_float64_policy_accepts_float32_obs() -> None:
 
 
 def test_bad_arguments_raise_value_error_naming_the_field() -> None:
-    with pytest.raises(ValueError, match=r"kind='cnn'.*mlp.*linear"):
+    with pytest.raises(ValueError, match=r"unknown policy kind 'cnn'; choose one of: mlp, linear"):
         make_policy("cnn", 4, 2)
-    with pytest.raises(ValueError, match=r"activation='swish'.*tanh"):
+    with pytest.raises(ValueError, match=r"unknown activation 'swish'; choose one of: tanh, "):
         make_policy("mlp", 4, 2, activation="swish")
     with pytest.raises(ValueError, match="n_actions"):
         make_policy("mlp", 4, 1)

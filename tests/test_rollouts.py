@@ -223,7 +223,7 @@ def test_policy_must_match_the_environment() -> None:
         ({"env_id": "FrozenLake-v1", "n_trajectories": 4}, "observation space"),
         (
             {"env_id": "CartPole-v1", "n_trajectories": 4, "vectorization_mode": "async"},
-            "vectorization_mode='async'",
+            "unknown vectorization_mode 'async'.*; choose one of: vector_entry_point, sync",
         ),
         (
             {

@@ -12,18 +12,20 @@ Facts used below:
 from __future__ import annotations
 
 import math
+import re
 from itertools import pairwise
 
 import numpy as np
 import pytest
 import torch
 
+from pglab.checks import FLOAT32_MAX, ConfigError
 from pglab.collapse import CollapseConfig, CollapseDetector, CollapseStatus
 from pglab.estimators import step_weights
 from pglab.gym.gradients import flat_grad, surrogate_loss
 from pglab.gym.policies import make_policy
 from pglab.gym.rollouts import RolloutCollector
-from pglab.gym.training import TrainConfig, TrainResult, train
+from pglab.gym.training import MAX_STEP_SIZE, TrainConfig, TrainResult, train
 
 UNIFORM_RETURN = 22.09
 METRIC_KEYS = {
@@ -68,24 +70,33 @@ def _run(config: TrainConfig, kind: str = "mlp", seed: int = 0, **kwargs) -> Tra
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"n_trajectories": 0}, "n_trajectories=0"),
-        ({"step_size": "abc"}, "step_size='abc', expected a number"),
-        ({"gamma": "abc"}, "gamma='abc', expected a number"),
-        ({"max_env_steps": "abc"}, "max_env_steps='abc', expected an integer"),
-        ({"variance_every": 1.5}, "variance_every=1.5, expected an integer"),
-        ({"n_trajectories": -3}, "n_trajectories=-3"),
-        ({"step_size": math.nan}, "step_size=nan"),
-        ({"step_size": math.inf}, "step_size=inf"),
-        ({"step_size": 0.0}, "step_size=0.0"),
-        ({"step_size": -0.1}, "step_size=-0.1"),
-        ({"estimator": "vanilla"}, "unknown estimator 'vanilla'"),
-        ({"estimator": "baseline_value"}, "estimator='baseline_value'"),
-        ({"optimizer": "rmsprop"}, "optimizer='rmsprop'"),
-        ({"gamma": 1.5}, "gamma=1.5"),
-        ({"momentum": 1.0}, "momentum=1.0"),
+        ({"n_trajectories": 0}, "n_trajectories must be a positive integer, got 0"),
+        ({"step_size": "abc"}, "step_size must be a number, got 'abc'"),
+        ({"gamma": "abc"}, "gamma must be a number, got 'abc'"),
+        ({"max_env_steps": "abc"}, "max_env_steps must be a positive integer, got 'abc'"),
+        ({"variance_every": 1.5}, "variance_every must be an integer, got 1.5"),
+        ({"n_trajectories": -3}, "n_trajectories must be a positive integer, got -3"),
+        ({"step_size": math.nan}, r"step_size must be finite and in \(0, 3.40282e\+38\], got nan"),
+        ({"step_size": math.inf}, r"step_size must be finite and in \(0, 3.40282e\+38\], got inf"),
+        ({"step_size": 0.0}, r"step_size must be finite and in \(0, 3.40282e\+38\], got 0.0"),
+        ({"step_size": -0.1}, r"step_size must be finite and in \(0, 3.40282e\+38\], got -0.1"),
+        ({"estimator": "vanilla"}, "unknown estimator 'vanilla'; choose one of: reinforce, "),
+        ({"estimator": "baseline_value"}, "estimator='baseline_value' needs exact tabular values"),
+        (
+            {"optimizer": "rmsprop"},
+            "unknown optimizer 'rmsprop'; choose one of: sgd, momentum, adam",
+        ),
+        ({"gamma": 1.5}, r"gamma must be finite and in \[0, 1\], got 1.5"),
+        ({"momentum": 1.0}, r"momentum must be finite and in \[0, 1\), got 1.0"),
         ({"max_iterations": None, "max_env_steps": None}, "set at least one budget"),
-        ({"max_iterations": 0}, "max_iterations=0"),
-        ({"deterministic_threshold": 0.0}, "deterministic_threshold=0.0"),
+        ({"max_iterations": 0}, "max_iterations must be a positive integer, got 0"),
+        (
+            {"deterministic_threshold": 0.0},
+            r"deterministic_threshold must be finite and in \(0, 1\]",
+        ),
+        ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+        ({"inject_nan_at": -1}, "inject_nan_at must be an integer >= 0, got -1"),
+        ({"stop_on_collapse": "yes"}, "stop_on_collapse must be true or false, got 'yes'"),
     ],
 )
 def test_validate_names_field_and_value(changes, message):
@@ -244,6 +255,112 @@ def test_injected_nan_gradient_ends_run_cleanly():
     assert summary["collapsed"] and summary["collapse_iteration"] == 3
     assert summary["iterations"] == 4 and math.isfinite(summary["final_return"])
     assert result.history[-1]["collapsed"] and not result.history[2]["collapsed"]
+
+
+def test_step_size_above_float32_max_is_refused_before_any_work():
+    """Issue 9: step_size=1e39 passed validation and crashed in p.add_ (the float32
+    parameters cannot take the step), losing the run. Now a one-line config error."""
+    message = re.escape("step_size must be finite and in (0, 3.40282e+38], got 1e+39")
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(step_size=1e39).validate()
+    policy = make_policy("linear", 4, 2, seed=0)
+    before = [p.detach().clone() for p in policy.parameters()]
+    with RolloutCollector("CartPole-v1", 4, seed=0) as collector:
+        with pytest.raises(ConfigError, match=message):
+            train(TrainConfig(n_trajectories=4, step_size=1e39), policy, collector)
+    assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters(), strict=True))
+
+
+def test_adam_step_size_bound_accounts_for_its_bias_correction():
+    """Adam's first step is alpha / (1 - beta1) = 10 alpha: at alpha = 1e38 it would overflow
+    float32 in Adam's own update (a crash, not a divergence), so its bound is a tenth."""
+    assert MAX_STEP_SIZE == {"sgd": FLOAT32_MAX, "momentum": FLOAT32_MAX, "adam": 3.4e37}
+    TrainConfig(step_size=1e38, optimizer="momentum").validate()
+    with pytest.raises(
+        ConfigError, match=re.escape("step_size must be finite and in (0, 3.4e+37], got 1e+38")
+    ):
+        TrainConfig(step_size=1e38, optimizer="adam").validate()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+def test_largest_step_size_diverges_cleanly_with_results_kept(optimizer):
+    """The largest accepted step overflows the parameters (or, with Adam, whose steps are
+    ~alpha, makes the logits non-finite): the run ends "diverged" with its history, never
+    with an exception."""
+    seen: list[int] = []
+    step_size = MAX_STEP_SIZE[optimizer]
+    config = TrainConfig(
+        n_trajectories=4, step_size=step_size, optimizer=optimizer, max_iterations=20, seed=1
+    )
+    result = _run(config, kind="linear", callback=lambda m: seen.append(m["iteration"]))
+    assert result.status == "diverged"
+    assert result.history and seen == [h["iteration"] for h in result.history]
+    assert result.history[-1]["diverged"] and not any(h["diverged"] for h in result.history[:-1])
+    assert result.collapse.reason == "non_finite"
+    summary = result.summary()
+    assert summary["diverged"] and summary["iterations"] == len(result.history)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_step_that_overflows_the_parameter_dtype_ends_the_run_as_diverged(optimizer):
+    """A float16 policy cannot take a step of 1e5 (float16 tops out at 65504): torch raises
+    in p.add_, which used to escape train() and lose the run (SGD: the parameters stay as
+    they were); Adam's update overflows to inf instead (non-finite parameters)."""
+    policy = make_policy("linear", 4, 2, seed=0, dtype=torch.float16)
+    before = {k: v.detach().clone() for k, v in policy.named_parameters()}
+    config = TrainConfig(
+        n_trajectories=4, step_size=1e5, optimizer=optimizer, max_iterations=5, seed=1
+    )
+    with RolloutCollector("CartPole-v1", 4, seed=0) as collector:
+        result = train(config, policy, collector)
+    assert result.status == "diverged" and len(result.history) == 1
+    assert result.history[0]["diverged"] and math.isnan(result.history[0]["kl"])
+    assert (result.collapse.reason, result.collapse.iteration) == ("non_finite", 0)
+    if optimizer == "sgd":
+        assert all(torch.equal(result.final_params[k], v) for k, v in before.items())
+
+
+def test_collector_for_another_env_is_refused():
+    """Issue 9: TrainConfig(env_id="Acrobot-v1") with a CartPole collector silently trained
+    CartPole while the config recorded Acrobot."""
+    policy = make_policy("linear", 4, 2, seed=0)
+    config = TrainConfig(env_id="Acrobot-v1", n_trajectories=4, max_iterations=2)
+    with RolloutCollector("CartPole-v1", 4, seed=0) as collector:
+        with pytest.raises(
+            ConfigError,
+            match=re.escape("collector.env_id='CartPole-v1' but config.env_id='Acrobot-v1'"),
+        ):
+            train(config, policy, collector)
+
+
+def test_collector_with_another_n_is_refused():
+    """N has one owner, the config: a collector playing another number of episodes per
+    batch would make the estimator, the recorded N and the collapse window disagree."""
+    policy = make_policy("linear", 4, 2, seed=0)
+    config = TrainConfig(n_trajectories=10, max_iterations=2)
+    with RolloutCollector("CartPole-v1", 4, seed=0) as collector:
+        with pytest.raises(
+            ConfigError,
+            match=re.escape("collector.n_trajectories=4 but config.n_trajectories=10"),
+        ):
+            train(config, policy, collector)
+    with pytest.raises(ConfigError, match=re.escape("collector.env_id=None")):
+        train(config, policy, collector=None)
+
+
+def test_make_collector_builds_the_config_s_collector():
+    config = TrainConfig(env_id="CartPole-v1", n_trajectories=3, max_iterations=3, seed=5)
+    with config.make_collector(max_episode_steps=200) as collector:
+        assert (collector.env_id, collector.n_trajectories) == ("CartPole-v1", 3)
+        assert (collector.seed, collector.max_episode_steps) == (5, 200)
+        made = train(config, make_policy("linear", 4, 2, seed=0), collector)
+    with RolloutCollector("CartPole-v1", 3, seed=5, max_episode_steps=200) as collector:
+        by_hand = train(config, make_policy("linear", 4, 2, seed=0), collector)
+    assert all(
+        torch.equal(made.final_params[k], by_hand.final_params[k]) for k in made.final_params
+    )
+    with config.make_collector(seed=9) as collector:
+        assert collector.seed == 9
 
 
 def test_nan_parameter_set_from_outside_is_caught_before_sampling():

@@ -46,7 +46,6 @@ are in the policy dtype (float32 by default).
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +54,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pglab import estimators
+from pglab import checks, estimators
 from pglab.gym.gradients import per_episode_gradients, surrogate_loss
 from pglab.gym.policies import CategoricalPolicy
 from pglab.gym.rollouts import EpisodeBatch, RolloutCollector
@@ -124,23 +123,6 @@ class ReferenceGradient:
         A batch of N episodes of the same estimator has E||ghat_N - grad J||^2 = tr Cov(g) / N.
         """
         return float(self.n_episodes * (self.standard_error**2).sum())
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name}={value!r}, expected an integer >= {minimum}")
-    return int(value)
-
-
-def _check_gamma(gamma: Any) -> float:
-    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"gamma={gamma!r}, expected a number in [0, 1]")
-    return float(gamma)
-
-
-def _check_policy(policy: Any) -> None:
-    if not isinstance(policy, CategoricalPolicy):
-        raise ValueError(f"policy must be a CategoricalPolicy, got {type(policy).__name__}")
 
 
 def _stream_seeds(seed: int, *key: int) -> tuple[int, int]:
@@ -218,14 +200,17 @@ class _Moments:
 
 
 def _check_collection(
-    policy: Any, n_episodes: int, name: str, minimum: int, seed: Any, chunk: Any, limit: Any
-) -> None:
-    _check_policy(policy)
-    _check_int(name, n_episodes, minimum)
-    _check_int("seed", seed, 0)
-    _check_int("chunk_episodes", chunk, 1)
+    policy: Any, n_episodes: Any, name: str, minimum: int, seed: Any, chunk: Any, limit: Any
+) -> tuple[int, int, int, int | None]:
+    """The checks every public entry point makes before playing an episode: ``(n_episodes,
+    seed, chunk_episodes, max_episode_steps)`` as ints."""
+    checks.instance("policy", policy, CategoricalPolicy)
+    n_episodes = checks.integer(name, n_episodes, minimum=minimum)
+    seed = checks.integer("seed", seed, minimum=0)
+    chunk = checks.positive_int("chunk_episodes", chunk)
     if limit is not None:
-        _check_int("max_episode_steps", limit, 1)
+        limit = checks.positive_int("max_episode_steps", limit)
+    return n_episodes, seed, chunk, limit
 
 
 def reference_episodes(
@@ -243,7 +228,20 @@ def reference_episodes(
     arguments and policy parameters give the same episodes, so a caller can recompute the
     reference from them. Arguments are validated at once (``ValueError``).
     """
-    _check_collection(policy, n_episodes, "n_episodes", 1, seed, chunk_episodes, max_episode_steps)
+    n_episodes, seed, chunk_episodes, max_episode_steps = _check_collection(
+        policy, n_episodes, "n_episodes", 1, seed, chunk_episodes, max_episode_steps
+    )
+    return _reference_episodes(policy, env_id, n_episodes, seed, chunk_episodes, max_episode_steps)
+
+
+def _reference_episodes(
+    policy: CategoricalPolicy,
+    env_id: str,
+    n_episodes: int,
+    seed: int,
+    chunk_episodes: int,
+    max_episode_steps: int | None,
+) -> Iterator[EpisodeBatch]:
     sizes = _split_sizes(n_episodes, chunk_episodes)
     return _collect_chunks(policy, env_id, sizes, seed, (_REFERENCE_STREAM,), max_episode_steps)
 
@@ -264,11 +262,22 @@ def batch_episodes(
     (one vector environment of k N copies) and split in order, each batch padded to its own
     longest episode. Arguments are validated at once (``ValueError``).
     """
-    _check_collection(
+    n, seed, chunk_episodes, max_episode_steps = _check_collection(
         policy, n_trajectories, "n_trajectories", 1, seed, chunk_episodes, max_episode_steps
     )
-    _check_int("n_batches", n_batches, 1)
-    n = int(n_trajectories)
+    n_batches = checks.positive_int("n_batches", n_batches)
+    return _batch_episodes(policy, env_id, n, n_batches, seed, chunk_episodes, max_episode_steps)
+
+
+def _batch_episodes(
+    policy: CategoricalPolicy,
+    env_id: str,
+    n: int,
+    n_batches: int,
+    seed: int,
+    chunk_episodes: int,
+    max_episode_steps: int | None,
+) -> Iterator[EpisodeBatch]:
     per_collect = max(1, chunk_episodes // n)
     sizes = [(k * n, count) for k, count in _split_sizes(n_batches, per_collect)]
     chunks = _collect_chunks(policy, env_id, sizes, seed, (_BATCH_STREAM, n), max_episode_steps)
@@ -317,11 +326,13 @@ def reference_gradient(
     come from :func:`pglab.gym.gradients.per_episode_gradients` on blocks of 256 episodes of
     similar length, each trimmed to its longest episode (much less padding).
     """
-    _check_collection(policy, n_episodes, "n_episodes", 2, seed, chunk_episodes, max_episode_steps)
-    gamma = _check_gamma(gamma)
+    n_episodes, seed, chunk_episodes, max_episode_steps = _check_collection(
+        policy, n_episodes, "n_episodes", 2, seed, chunk_episodes, max_episode_steps
+    )
+    gamma = checks.discount("gamma", gamma)
     if estimator not in PER_EPISODE_ESTIMATORS:
         estimators.check_estimator(estimator)  # an unknown name gets the registry's message
-        raise ValueError(
+        raise checks.ConfigError(
             f"estimator={estimator!r} couples the episodes of a batch, so the reference's "
             f"standard error would be wrong; use one of {list(PER_EPISODE_ESTIMATORS)}"
         )
@@ -330,12 +341,13 @@ def reference_gradient(
     zeros = torch.zeros(n_params, dtype=torch.float64)
     moments = _Moments(0, zeros, zeros.clone())
     n_steps = 0
-    chunks = reference_episodes(policy, env_id, n_episodes, seed, chunk_episodes, max_episode_steps)
+    chunks = _reference_episodes(
+        policy, env_id, n_episodes, seed, chunk_episodes, max_episode_steps
+    )
     for batch in chunks:
         n_steps += batch.n_steps
-        weights = torch.as_tensor(
-            estimators.step_weights(batch.rewards, batch.mask, estimator, gamma=gamma)
-        )  # Psi [n, T], per episode
+        # Psi [n, T], per episode (rewards float32, mask bool: as step_weights would check)
+        weights = estimators._step_weights(batch.rewards, batch.mask, estimator, gamma, None)
         order = torch.argsort(batch.lengths, stable=True)
         for start in range(0, order.numel(), _BLOCK_EPISODES):
             index = order[start : start + _BLOCK_EPISODES]
@@ -399,19 +411,21 @@ def batch_gradient_quality(
     Raises:
         ValueError: naming the first invalid argument, before any episode is played.
     """
-    _check_policy(policy)
-    if not isinstance(reference, ReferenceGradient):
-        raise ValueError(f"reference must be a ReferenceGradient, got {type(reference).__name__}")
+    checks.instance("policy", policy, CategoricalPolicy)
+    checks.instance("reference", reference, ReferenceGradient)
     if isinstance(batch_sizes, str | bytes) or not isinstance(batch_sizes, Sequence):
-        raise ValueError(f"batch_sizes={batch_sizes!r}, expected a sequence of integers >= 1")
-    if len(batch_sizes) == 0:
-        raise ValueError("batch_sizes=[] is empty, expected at least one N >= 1")
-    sizes = [_check_int(f"batch_sizes[{k}]", n, 1) for k, n in enumerate(batch_sizes)]
-    _check_collection(policy, n_batches, "n_batches", 1, seed, chunk_episodes, max_episode_steps)
-    gamma = _check_gamma(gamma)
+        raise checks.ConfigError(
+            f"batch_sizes must be a sequence of positive integers, got {batch_sizes!r}"
+        )
+    checks.non_empty("batch_sizes", batch_sizes)
+    sizes = [checks.positive_int(f"batch_sizes[{k}]", n) for k, n in enumerate(batch_sizes)]
+    n_batches, seed, chunk_episodes, max_episode_steps = _check_collection(
+        policy, n_batches, "n_batches", 1, seed, chunk_episodes, max_episode_steps
+    )
+    gamma = checks.discount("gamma", gamma)
     estimators.check_estimator(estimator)
     if estimator in TABULAR_ONLY_ESTIMATORS:
-        raise ValueError(
+        raise checks.ConfigError(
             f"estimator={estimator!r} needs exact tabular values and cannot run on a "
             "gymnasium environment; choose another estimator"
         )
@@ -427,13 +441,12 @@ def batch_gradient_quality(
 
     rows: list[dict[str, Any]] = []
     for n in sizes:
-        batches = batch_episodes(
+        batches = _batch_episodes(
             policy, env_id, n, n_batches, seed, chunk_episodes, max_episode_steps
         )
         for b, batch in enumerate(batches):
-            weights = torch.as_tensor(
-                estimators.step_weights(batch.rewards, batch.mask, estimator, gamma=gamma)
-            )  # Psi [N, T], coupled within this batch only
+            # Psi [N, T], coupled within this batch only
+            weights = estimators._step_weights(batch.rewards, batch.mask, estimator, gamma, None)
             with torch.enable_grad():  # also under a caller's torch.no_grad()
                 loss = surrogate_loss(policy, batch, weights)
                 grads = torch.autograd.grad(loss, params, allow_unused=True)

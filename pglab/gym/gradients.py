@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from pglab import checks
 from pglab.threads import thread_invariant
 
 __all__ = [
@@ -108,8 +109,7 @@ def per_episode_gradients(
         same order as :func:`flat_grad` / :func:`flat_params`). The row mean equals
         ``-grad surrogate_loss`` up to float rounding.
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size}, expected >= 1")
+    chunk_size = checks.positive_int("chunk_size", chunk_size)
     obs, actions, mask = _check_batch(batch)
     names = [name for name, p in policy.named_parameters() if p.requires_grad]
     params = {name: p.detach() for name, p in policy.named_parameters() if p.requires_grad}

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pglab import checks
+
 __all__ = ["ACTIVATIONS", "POLICY_KINDS", "CategoricalPolicy", "make_policy"]
 
 # Element-wise nonlinearities g between hidden layers, applied functionally (calling
@@ -66,19 +68,12 @@ class CategoricalPolicy(nn.Module):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        if obs_dim <= 0:
-            raise ValueError(f"obs_dim must be positive, got {obs_dim}")
-        if n_actions < 2:
-            raise ValueError(f"n_actions must be at least 2, got {n_actions}")
-        if any(h <= 0 for h in hidden_sizes):
-            raise ValueError(f"hidden_sizes must all be positive, got {tuple(hidden_sizes)}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"activation={activation!r} is unknown; options: {sorted(ACTIVATIONS)}"
-            )
-        self.obs_dim = int(obs_dim)
-        self.n_actions = int(n_actions)
-        self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
+        self.obs_dim = checks.positive_int("obs_dim", obs_dim)
+        self.n_actions = checks.integer("n_actions", n_actions, minimum=2)
+        self.hidden_sizes = tuple(
+            checks.positive_int(f"hidden_sizes[{i}]", h) for i, h in enumerate(hidden_sizes)
+        )
+        checks.one_of("activation", activation, tuple(ACTIVATIONS))
         self.activation = activation
         self._activation = ACTIVATIONS[activation]
         widths = (self.obs_dim, *self.hidden_sizes, self.n_actions)
@@ -191,20 +186,17 @@ def make_policy(
     (PyTorch's ``nn.Linear`` default law), drawn layer by layer from ``Generator(seed)``;
     the output layer's values are then multiplied by ``init_scale``.
     """
-    if kind not in POLICY_KINDS:
-        raise ValueError(f"kind={kind!r} is unknown; options: {list(POLICY_KINDS)}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation={activation!r} is unknown; options: {sorted(ACTIVATIONS)}")
-    if not math.isfinite(init_scale):
-        raise ValueError(f"init_scale must be finite, got {init_scale}")
+    checks.one_of("policy kind", kind, POLICY_KINDS)
+    init_scale = checks.real("init_scale", init_scale)
+    seed = checks.seed("seed", seed)
     if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+        raise checks.ConfigError(f"dtype must be a floating dtype, got {dtype}")
     sizes = tuple(hidden_sizes) if kind == "mlp" else ()
     # nn.Linear's constructor initialises from the global RNG; fork_rng restores that
     # state afterwards, and every value is then overwritten from the private generator.
     with torch.random.fork_rng(devices=[]):
         policy = CategoricalPolicy(obs_dim, n_actions, sizes, activation, dtype=dtype)
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for layer in policy.layers:
             bound = 1.0 / math.sqrt(layer.in_features)

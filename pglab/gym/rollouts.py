@@ -61,6 +61,7 @@ import torch
 from gymnasium import spaces
 from torch import Tensor
 
+from pglab import checks
 from pglab.gym.policies import CategoricalPolicy
 from pglab.threads import thread_invariant
 
@@ -115,8 +116,7 @@ class EpisodeBatch:
 
 
 def _env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
-    if not isinstance(env_id, str):
-        raise ValueError(f"env_id must be a string, got {env_id!r}")
+    checks.instance("env_id", env_id, str)
     try:
         return gym.spec(env_id)
     except gym.error.Error as exc:
@@ -156,22 +156,12 @@ class RolloutCollector:
         vectorization_mode: str | None = None,
     ) -> None:
         spec = _env_spec(env_id)
-        if isinstance(n_trajectories, bool) or not isinstance(n_trajectories, int | np.integer):
-            raise ValueError(f"n_trajectories must be an integer, got {n_trajectories!r}")
-        if n_trajectories <= 0:
-            raise ValueError(f"n_trajectories must be positive, got {n_trajectories}")
-        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        if max_episode_steps is not None and (
-            isinstance(max_episode_steps, bool)
-            or not isinstance(max_episode_steps, int | np.integer)
-            or max_episode_steps <= 0
-        ):
-            raise ValueError(
-                f"max_episode_steps must be a positive integer or None, got {max_episode_steps!r}"
-            )
-        if env_kwargs is not None and not isinstance(env_kwargs, dict):
-            raise ValueError(f"env_kwargs must be a dict or None, got {env_kwargs!r}")
+        n_trajectories = checks.positive_int("n_trajectories", n_trajectories)
+        seed = checks.integer("seed", seed, minimum=0)
+        if max_episode_steps is not None:
+            max_episode_steps = checks.positive_int("max_episode_steps", max_episode_steps)
+        if env_kwargs is not None:
+            checks.instance("env_kwargs", env_kwargs, dict)
         time_limit = max_episode_steps if max_episode_steps is not None else spec.max_episode_steps
         if time_limit is None:
             raise ValueError(
@@ -180,11 +170,7 @@ class RolloutCollector:
             )
         if vectorization_mode is None:
             vectorization_mode = "sync" if spec.vector_entry_point is None else "vector_entry_point"
-        if vectorization_mode not in ("vector_entry_point", "sync"):
-            raise ValueError(
-                f"vectorization_mode={vectorization_mode!r} is unknown; options: "
-                "None, 'vector_entry_point', 'sync'"
-            )
+        checks.one_of("vectorization_mode", vectorization_mode, ("vector_entry_point", "sync"))
         if vectorization_mode == "vector_entry_point" and spec.vector_entry_point is None:
             raise ValueError(
                 f"vectorization_mode='vector_entry_point' but env_id={env_id!r} has no vector "
@@ -351,8 +337,7 @@ class RolloutCollector:
         Returns:
             An :class:`EpisodeBatch` of N complete episodes, T = longest episode.
         """
-        if not isinstance(policy, CategoricalPolicy):
-            raise ValueError(f"policy must be a CategoricalPolicy, got {type(policy).__name__}")
+        checks.instance("policy", policy, CategoricalPolicy)
         if policy.obs_dim != self._obs_dim or policy.n_actions != self._n_actions:
             raise ValueError(
                 f"policy has obs_dim={policy.obs_dim}, n_actions={policy.n_actions}; "

@@ -19,6 +19,8 @@ iteration (parameters also at the start of each iteration, so a value changed fr
 outside, e.g. by the callback, is caught before it reaches the sampler). The first
 non-finite value ends the run *cleanly*: ``train`` returns with ``status="diverged"``,
 collapse reason ``"non_finite"``, and the history up to and including that iteration.
+A step the parameters' dtype cannot hold (a float16 policy with a large step size; the
+update would be inf) ends the run the same way, with the parameters left as they were.
 To test this path, set ``TrainConfig.inject_nan_at = k``: at iteration k the gradient is
 overwritten with NaN before the check, as a numerical blow-up would do (the parameters
 are then left at their last finite value).
@@ -31,7 +33,6 @@ policy and same collector seed give the same run.
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,15 +41,32 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pglab import estimators
+from pglab import checks, estimators
 from pglab.collapse import CollapseConfig, CollapseDetector
 from pglab.gym.gradients import flat_grad, grad_variance, per_episode_gradients, surrogate_loss
+from pglab.gym.rollouts import RolloutCollector
 from pglab.result import TrainResult
 from pglab.threads import thread_invariant
 
-__all__ = ["OPTIMIZERS", "TABULAR_ONLY_ESTIMATORS", "TrainConfig", "TrainResult", "train"]
+__all__ = [
+    "MAX_STEP_SIZE",
+    "OPTIMIZERS",
+    "TABULAR_ONLY_ESTIMATORS",
+    "TrainConfig",
+    "TrainResult",
+    "train",
+]
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam")
+#: Largest step size per optimizer: the parameters are float32, and a step above float32's
+#: maximum cannot even be applied (``p.add_`` refuses it). Adam's first step is
+#: ``alpha / (1 - beta1) = 10 alpha`` (bias correction, default ``beta1 = 0.9``), hence
+#: 3.4e37 (just below float32's maximum / 10).
+MAX_STEP_SIZE: dict[str, float] = {
+    "sgd": checks.FLOAT32_MAX,
+    "momentum": checks.FLOAT32_MAX,
+    "adam": 3.4e37,
+}
 # Estimators that need exact tabular values and therefore cannot run on a gym environment.
 TABULAR_ONLY_ESTIMATORS: tuple[str, ...] = ("baseline_value",)
 
@@ -61,7 +79,8 @@ class TrainConfig:
         env_id: gymnasium id, used by the caller to build the collector (recorded here so
             the config describes the run).
         n_trajectories: N, episodes per iteration (>= 1).
-        step_size: alpha > 0, finite.
+        step_size: alpha > 0, at most :data:`MAX_STEP_SIZE` of the optimizer (float32's
+            maximum, a tenth of it for Adam).
         estimator: a name in ``estimators.ESTIMATORS`` other than ``"baseline_value"``.
         gamma: discount in [0, 1] used by the estimator's weights.
         optimizer: ``"sgd"`` (theta <- theta + alpha ghat, stateless), ``"momentum"``
@@ -101,49 +120,73 @@ class TrainConfig:
     stop_on_collapse: bool = False
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first invalid field and its value."""
-        real = ("step_size", "gamma", "momentum", "deterministic_threshold")
-        integer = ("max_iterations", "max_env_steps", "variance_every", "seed")
-        for name in real + integer:
-            value = getattr(self, name)
-            wanted = numbers.Integral if name in integer else numbers.Real
-            if value is None and name in ("max_iterations", "max_env_steps"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, wanted):
-                kind = "an integer" if name in integer else "a number"
-                raise ValueError(f"{name}={value!r}, expected {kind}")
-        if not isinstance(self.n_trajectories, int) or self.n_trajectories <= 0:
-            raise ValueError(f"n_trajectories={self.n_trajectories!r}, expected an integer >= 1")
-        if not math.isfinite(self.step_size) or self.step_size <= 0:
-            raise ValueError(f"step_size={self.step_size!r}, expected a finite number > 0")
+        """Raise :class:`pglab.checks.ConfigError` naming the first invalid field and its value.
+
+        ``step_size`` must also be at most :data:`MAX_STEP_SIZE` of the optimizer: the
+        parameters are float32, and a larger step cannot even be applied.
+        """
+        checks.instance("env_id", self.env_id, str)
+        checks.positive_int("n_trajectories", self.n_trajectories)
+        limit = MAX_STEP_SIZE.get(self.optimizer, checks.FLOAT32_MAX)
+        checks.positive_real("step_size", self.step_size, maximum=limit)
         if self.estimator in TABULAR_ONLY_ESTIMATORS:
-            raise ValueError(
+            raise checks.ConfigError(
                 f"estimator={self.estimator!r} needs exact tabular values and only runs on a "
                 "TabularMDP (pglab.tabular.ascent); choose another estimator for a gym environment"
             )
         estimators.check_estimator(self.estimator)
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(
-                f"optimizer={self.optimizer!r} is unknown; options: {list(OPTIMIZERS)}"
-            )
-        if not (math.isfinite(self.momentum) and 0.0 <= self.momentum < 1.0):
-            raise ValueError(f"momentum={self.momentum!r}, expected a number in [0, 1)")
-        if not (math.isfinite(self.gamma) and 0.0 <= self.gamma <= 1.0):
-            raise ValueError(f"gamma={self.gamma!r}, expected a number in [0, 1]")
+        checks.discount("gamma", self.gamma)
+        checks.one_of("optimizer", self.optimizer, OPTIMIZERS)
+        checks.real("momentum", self.momentum, 0.0, 1.0, high_open=True)
         if self.max_iterations is None and self.max_env_steps is None:
-            raise ValueError("max_iterations=None and max_env_steps=None: set at least one budget")
-        if self.max_iterations is not None and self.max_iterations < 1:
-            raise ValueError(f"max_iterations={self.max_iterations!r}, expected >= 1 or None")
-        if self.max_env_steps is not None and self.max_env_steps < 1:
-            raise ValueError(f"max_env_steps={self.max_env_steps!r}, expected >= 1 or None")
-        if self.variance_every < 0:
-            raise ValueError(f"variance_every={self.variance_every!r}, expected >= 0")
-        if not (0.0 < self.deterministic_threshold <= 1.0):
-            raise ValueError(
-                f"deterministic_threshold={self.deterministic_threshold!r}, expected (0, 1]"
+            raise checks.ConfigError(
+                "max_iterations=None and max_env_steps=None: set at least one budget"
             )
-        if self.inject_nan_at is not None and self.inject_nan_at < 0:
-            raise ValueError(f"inject_nan_at={self.inject_nan_at!r}, expected >= 0 or None")
+        if self.max_iterations is not None:
+            checks.positive_int("max_iterations", self.max_iterations)
+        if self.max_env_steps is not None:
+            checks.positive_int("max_env_steps", self.max_env_steps)
+        checks.integer("variance_every", self.variance_every, minimum=0)
+        checks.probability("deterministic_threshold", self.deterministic_threshold, open_low=True)
+        checks.seed("seed", self.seed)
+        if self.inject_nan_at is not None:
+            checks.integer("inject_nan_at", self.inject_nan_at, minimum=0)
+        checks.boolean("stop_on_collapse", self.stop_on_collapse)
+
+    def make_collector(
+        self, seed: int | None = None, max_episode_steps: int | None = None
+    ) -> RolloutCollector:
+        """The collector of this run, built from the config's ``env_id`` and ``n_trajectories``
+        (the one owner of both; :func:`train` checks that a collector agrees with them).
+
+        ``seed``: environment-reset seed, ``None`` for the config's ``seed``;
+        ``max_episode_steps``: time limit, ``None`` for the environment's own.
+        """
+        return RolloutCollector(
+            self.env_id,
+            self.n_trajectories,
+            seed=self.seed if seed is None else seed,
+            max_episode_steps=max_episode_steps,
+        )
+
+
+def _check_collector(config: TrainConfig, collector: Any) -> None:
+    """The collector plays the config's env and N: the config is what gets recorded."""
+    env_id = getattr(collector, "env_id", None)
+    if env_id != config.env_id:
+        raise checks.ConfigError(
+            f"collector.env_id={env_id!r} but config.env_id={config.env_id!r}: the run would "
+            "train on the collector's env and record the config's; build the collector from "
+            "the config (TrainConfig.make_collector)"
+        )
+    n = getattr(collector, "n_trajectories", None)
+    if n != config.n_trajectories:
+        raise checks.ConfigError(
+            f"collector.n_trajectories={n!r} but config.n_trajectories={config.n_trajectories}: "
+            "each batch must hold the config's N episodes (the estimator's N and the collapse "
+            "window's episode count); build the collector from the config "
+            "(TrainConfig.make_collector)"
+        )
 
 
 def _all_finite(tensors: list[Tensor]) -> bool:
@@ -172,9 +215,13 @@ def train(
         config: the run's settings (validated first; ``ValueError`` before any work).
         policy: a :class:`pglab.gym.policies.CategoricalPolicy` for the collector's spaces.
         collector: a :class:`pglab.gym.rollouts.RolloutCollector` (``collect(policy, generator)
-            -> EpisodeBatch``).
+            -> EpisodeBatch``) for ``config.env_id`` playing ``config.n_trajectories``
+            episodes per batch (:meth:`TrainConfig.make_collector` builds one); a
+            collector for another env or another N is refused before any work, since the
+            run would silently train on it while recording the config's.
         detector: collapse detector; ``None`` uses ``CollapseDetector(CollapseConfig())``
-            (CartPole defaults). Its state is reset at the start.
+            (CartPole defaults). Its state is reset at the start. Its window is in
+            episodes and each iteration counts ``config.n_trajectories`` of them.
         callback: called with each iteration's metrics dict, right after it is recorded.
 
     Returns:
@@ -196,13 +243,16 @@ def train(
 
         A non-finite loss or gradient at iteration k records row k (with ``grad_norm`` and
         ``kl`` non-finite / NaN), skips the update and stops. Non-finite parameters after
-        the update record row k and stop (``final_params`` then holds them). Parameters
+        the update, or a step their dtype cannot hold (its update would overflow), record
+        row k and stop (``final_params`` then holds them, resp. the unchanged ones). Parameters
         found non-finite at the *start* of iteration k (changed from outside, e.g. by the
         callback) stop the run before sampling: no row k, collapse onset k.
     """
     config.validate()
+    _check_collector(config, collector)
     if detector is None:
         detector = CollapseDetector(CollapseConfig())
+    checks.instance("detector", detector, CollapseDetector)
     detector.reset()
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = _make_optimizer(config, params)
@@ -268,13 +318,20 @@ def train(
         # 4. ascent step theta <- theta + alpha ghat_N
         kl = math.nan
         if finite:
-            if optimizer is None:
-                with torch.no_grad():
-                    for p in params:
-                        p.add_(p.grad, alpha=-config.step_size)  # theta - alpha grad L
-            else:
-                optimizer.step()
-            finite = _all_finite(params)
+            try:
+                if optimizer is None:
+                    with torch.no_grad():
+                        for p in params:
+                            p.add_(p.grad, alpha=-config.step_size)  # theta - alpha grad L
+                else:
+                    optimizer.step()
+            except RuntimeError as error:
+                # e.g. a float16 policy: the step itself overflows the parameters' dtype
+                # (the update would be inf). The run has diverged; keep what it recorded.
+                if "overflow" not in str(error):
+                    raise
+                finite = False
+            finite = finite and _all_finite(params)
             if finite:
                 with torch.no_grad():
                     log_pi_new = torch.log_softmax(policy(obs_real), dim=-1)
