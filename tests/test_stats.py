@@ -234,3 +234,44 @@ def test_loglog_slope():
         loglog_slope([1], [1])
     with pytest.raises(ValueError, match="all equal"):
         loglog_slope([2, 2], [1, 3])
+
+
+# ------------------------------------------------------------------ thread-free linear algebra
+def test_top_eigenvector_matches_lapack():
+    """The interval's principal axis comes from a numpy tridiagonalisation (no threaded
+    BLAS): it must be LAPACK's top eigenvector to round-off, for every size."""
+    from pglab.stats import _top_eigenvector
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 7, 40, 120):
+        for _ in range(3):
+            x = rng.standard_normal((n + 5, n)) * rng.gamma(1.0, size=n)
+            matrix = np.einsum("kd,ke->de", x, x)
+            values, vectors = np.linalg.eigh(matrix)
+            axis = _top_eigenvector(matrix)
+            assert np.linalg.norm(axis) == pytest.approx(1.0, abs=1e-14)
+            assert abs(axis @ vectors[:, -1]) == pytest.approx(1.0, abs=1e-12)
+            assert axis @ matrix @ axis == pytest.approx(values[-1], rel=1e-12)
+
+
+def test_principal_axis_keeps_lapack_sign_and_handles_a_degenerate_top():
+    from pglab.stats import _principal_axis
+
+    rng = np.random.default_rng(1)
+    for k, d in ((30, 5), (6, 20)):  # scatter [D, D] and Gram [K, K] routes
+        centred = rng.standard_normal((k, d)) * np.arange(1, d + 1)
+        centred -= centred.mean(0)
+        use_gram = k <= d
+        gram = centred @ centred.T if use_gram else centred.T @ centred
+        _, vectors = np.linalg.eigh(gram)
+        lapack = centred.T @ vectors[:, -1] if use_gram else vectors[:, -1]
+        lapack /= np.linalg.norm(lapack)
+        axis = _principal_axis(centred, gram, use_gram)
+        assert axis @ lapack == pytest.approx(1.0, abs=1e-12)  # same axis, same sign
+    # all axes equally noisy: any unit vector is a top axis; the choice is deterministic
+    centred = np.vstack([np.eye(4), -np.eye(4)])
+    gram = centred.T @ centred
+    axis = _principal_axis(centred, gram, False)
+    assert np.linalg.norm(axis) == pytest.approx(1.0)
+    assert np.array_equal(axis, _principal_axis(centred, gram, False))
+    assert axis[np.argmax(np.abs(axis))] > 0
