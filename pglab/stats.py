@@ -15,8 +15,12 @@ bootstrap and, through them, of the interval ends. So every product here is an
 ``np.einsum`` (numpy's own loops, one thread, one summation order), and the one
 eigenvector the interval needs comes from :func:`_top_eigenvector` (Householder
 tridiagonalisation in numpy, then LAPACK's bisection and inverse iteration on the
-tridiagonal matrix, which call no multithreaded BLAS). Numbers can still differ between
-machines whose CPUs take different vector paths through numpy's loops.
+tridiagonal matrix: vector operations only, which OpenBLAS runs on one thread below 10^4
+entries, far above the ``min(K, D)`` it sees here). ``numpy.linalg.eigh`` is still called
+for the sign of that eigenvector, which its thread-dependent last bits do not change.
+Numbers can still differ between machines whose CPUs take different vector paths through
+numpy's loops. (The one remaining BLAS call, in :func:`loglog_slope` via
+``scipy.stats.linregress``, is a 2 x n product of a handful of points: one thread.)
 """
 
 from __future__ import annotations
