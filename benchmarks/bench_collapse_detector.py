@@ -55,7 +55,7 @@ def run_one(n: int, alpha: float, seed: int, env_steps: int) -> pd.DataFrame:
     import torch
 
     from pglab.collapse import CollapseConfig, CollapseDetector
-    from pglab.gym import policies, rollouts
+    from pglab.gym import policies
     from pglab.gym.training import TrainConfig, train
 
     torch.set_num_threads(1)
@@ -67,7 +67,7 @@ def run_one(n: int, alpha: float, seed: int, env_steps: int) -> pd.DataFrame:
         variance_every=0,
         seed=seed,
     )
-    collector = rollouts.RolloutCollector("CartPole-v1", n, seed=seed)
+    collector = config.make_collector()  # env and N from the config (seed: config.seed)
     policy = policies.make_policy("mlp", collector.obs_dim, collector.n_actions, seed=seed)
     start = time.perf_counter()
     try:
