@@ -16,8 +16,8 @@ bootstrap and, through them, of the interval ends. So every product here is an
 eigenvector the interval needs comes from :func:`_top_eigenvector` (Householder
 tridiagonalisation in numpy, then LAPACK's bisection and inverse iteration on the
 tridiagonal matrix: vector operations only, which OpenBLAS runs on one thread below 10^4
-entries, far above the ``min(K, D)`` it sees here). ``numpy.linalg.eigh`` is still called
-for the sign of that eigenvector, which its thread-dependent last bits do not change.
+entries, far above the ``min(K, D)`` it sees here). The interval does not depend on that
+eigenvector's sign (it tries both), so no eigensolver's sign convention enters a result.
 Numbers can still differ between machines whose CPUs take different vector paths through
 numpy's loops. (The one remaining BLAS call, in :func:`loglog_slope` via
 ``scipy.stats.linregress``, is a 2 x n product of a handful of points: one thread.)
@@ -133,17 +133,14 @@ def _top_eigenvector(matrix: np.ndarray) -> np.ndarray:
 
 
 def _principal_axis(centred: np.ndarray, gram: np.ndarray, use_gram: bool) -> np.ndarray:
-    """Unit top principal axis ``[D]`` of the centred rows ``[K, D]``, LAPACK's sign.
+    """Unit top principal axis ``[D]`` of the centred rows ``[K, D]``.
 
-    ``gram`` is ``centred centred^T`` (``use_gram``) or ``centred^T centred``. The axis
-    itself is :func:`_top_eigenvector`'s, of the smaller of the two ``min(K, D)``-sized
-    matrices; its sign, which the interval depends on, is the one ``numpy.linalg.eigh``
-    gives ``gram`` (whose own last bits may move with the BLAS threads, never its sign
-    unless the top eigenvalue is degenerate; then the largest entry is made positive).
+    ``gram`` is ``centred centred^T`` (``use_gram``) or ``centred^T centred``; the axis is
+    :func:`_top_eigenvector`'s, of the smaller of the two ``min(K, D)``-sized matrices. Its
+    sign is arbitrary (the interval tries both); the largest entry is made positive so the
+    same data always give the same vector.
     """
     n_reps, dim = centred.shape
-    _, vectors = np.linalg.eigh(gram)
-    reference = np.einsum("kd,k->d", centred, vectors[:, -1]) if use_gram else vectors[:, -1]
     if dim <= n_reps:
         scatter = gram if not use_gram else np.einsum("kd,ke->de", centred, centred)
         axis = _top_eigenvector(scatter)
@@ -151,12 +148,7 @@ def _principal_axis(centred: np.ndarray, gram: np.ndarray, use_gram: bool) -> np
         small = gram if use_gram else np.einsum("kd,jd->kj", centred, centred)
         axis = np.einsum("kd,k->d", centred, _top_eigenvector(small))
         axis /= math.sqrt(_sq_norm(axis))
-    agreement = float(np.einsum("d,d->", axis, reference)) / math.sqrt(_sq_norm(reference))
-    if abs(agreement) >= 0.5:
-        sign = 1.0 if agreement > 0 else -1.0
-    else:  # degenerate top eigenvalue: LAPACK's vector is arbitrary within its eigenspace
-        sign = 1.0 if axis[int(np.argmax(np.abs(axis)))] > 0 else -1.0
-    return sign * axis
+    return axis if axis[int(np.argmax(np.abs(axis)))] > 0 else -axis
 
 
 def _bootstrap_counts(n_reps: int, n_resamples: int, seed: int) -> np.ndarray:
@@ -208,7 +200,9 @@ def bias_test(
       ``1 - c``, and otherwise the top principal axis of ``S`` (the direction is then
       unknown, and a bias along the noisiest axis is the easiest to hide: the least
       favourable choice, which keeps the upper end from undercovering when the bias is
-      comparable to the noise). Under it, resample ``b`` gives
+      comparable to the noise; an axis has no sign, so both ``u`` and ``-u`` are tried
+      and the wider interval kept, which makes it independent of the sign an
+      eigensolver returns). Under it, resample ``b`` gives
       ``stat_b(theta) = (theta^2 + 2 theta u.e_b + ||e_b||^2) trS / trS_b``, and ``theta``
       is kept while ``q`` lies between the ``(1 - c)/2`` and ``(1 + c)/2`` quantiles of
       ``stat_b(theta)`` (``c`` = confidence; for ``theta = 0`` only the upper quantile
@@ -267,27 +261,33 @@ def _bias_test(
     # they show a bias (p < 1 - confidence); otherwise the direction is unknown and u is the
     # least favourable one, the top principal axis of S, along which a bias is easiest to
     # hide in the noise (it widens the upper end only).
+    # An axis has no sign, and the interval's upper end depends on it through the skew of
+    # the resampled projections u.e_b: both signs are tried and the wider end is kept, so
+    # the interval does not depend on the sign a LAPACK build happens to return.
     if q > 0 and p_value < 1.0 - confidence:
-        direction = mean / math.sqrt(q)
+        directions = [mean / math.sqrt(q)]
     else:
-        direction = _principal_axis(centred, gram, use_gram)
-    along = np.einsum("bd,d->b", resampled, direction)  # u.e_b
-
-    def world(theta: float) -> np.ndarray:
-        with np.errstate(invalid="ignore"):
-            value = (theta * theta + 2.0 * theta * along + sq_norms) * scale
-        return np.where(np.isnan(value), np.inf, value)
-
+        axis = _principal_axis(centred, gram, use_gram)
+        directions = [axis, -axis]
     upper_level, lower_level = (1.0 + confidence) / 2.0, (1.0 - confidence) / 2.0
-
-    def quantile(theta: float, level: float) -> float:
-        return float(np.quantile(world(theta), level))
-
     far = math.sqrt(q) + 10.0 * math.sqrt(trace)  # beyond any plausible ||b||
-    low = 0.0
-    if quantile(0.0, upper_level) < q:  # 0 rejected: smallest theta whose upper quantile >= q
-        _, low = _bisect(lambda theta: quantile(theta, upper_level) < q, 0.0, far)
-    high, _ = _bisect(lambda theta: quantile(theta, lower_level) <= q, low, far)  # largest such
+    # theta = 0 is the same world for every direction: 0 is rejected (at level
+    # (1 - confidence) / 2) or not whatever u is, so the lower end is 0 for the axis.
+    low, high = math.inf, 0.0
+    for direction in directions:
+        along = np.einsum("bd,d->b", resampled, direction)  # u.e_b
+
+        def quantile(theta: float, level: float, along: np.ndarray = along) -> float:
+            with np.errstate(invalid="ignore"):
+                world = (theta * theta + 2.0 * theta * along + sq_norms) * scale
+            return float(np.quantile(np.where(np.isnan(world), np.inf, world), level))
+
+        end = 0.0
+        if quantile(0.0, upper_level) < q:  # 0 rejected: smallest theta whose upper quantile >= q
+            _, end = _bisect(lambda theta, a=along: quantile(theta, upper_level, a) < q, 0.0, far)
+        low = min(low, end)
+        top, _ = _bisect(lambda theta, a=along: quantile(theta, lower_level, a) <= q, end, far)
+        high = max(high, top)  # largest theta whose lower quantile <= q
     return {"p_value": p_value, "ci_low": low, "ci_high": high, "test_statistic": statistic}
 
 
