@@ -30,7 +30,7 @@ from pglab_jobs.job import JobContext, JobOutput, run_job
 
 from pglab import schema
 from pglab.collapse import CollapseConfig, CollapseDetector
-from pglab.gym import gradient_quality, policies, rollouts
+from pglab.gym import gradient_quality, policies
 from pglab.gym.training import TrainConfig, train
 
 
@@ -103,8 +103,8 @@ def experiment(ctx: JobContext) -> JobOutput:
     detector = CollapseDetector(collapse_config)
     gq = settings.gradient_quality
     checkpoints = set(gq.checkpoints) if gq.enabled else set()
-    collector = rollouts.RolloutCollector(
-        settings.env_id, n, seed=settings.seed, max_episode_steps=settings.max_episode_steps
+    collector = config.make_collector(
+        seed=settings.seed, max_episode_steps=settings.max_episode_steps
     )
     policy = policies.make_policy(
         settings.policy.kind,

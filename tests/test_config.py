@@ -156,6 +156,11 @@ def test_run_keys_are_checked_in_every_app(app, override, parts):
         ("tabular_ascent", ("n_iterations=0",), ("n_iterations", "0")),
         ("tabular_ascent", ("collapse_window=1.5",), ("collapse_window", "1.5")),
         ("cartpole", ("step_size=1e39",), ("step_size", "1e+39", "3.40282e+38")),
+        (
+            "cartpole",
+            ("step_size=1e38", "optimizer=adam"),
+            ("step_size", "1e+38", "optimizer=adam"),
+        ),
         ("cartpole", ("step_size=-1",), ("step_size", "-1")),
         (
             "cartpole",

@@ -93,12 +93,6 @@ def _optional(check: Check) -> Check:
     return optional
 
 
-def _boolean(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
-    return value
-
-
 def _text(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
@@ -244,8 +238,10 @@ class RunSettings:
     sweep_name: str = key(
         "multiruns land in <output_dir>/multirun/<task_name>/<sweep_name>/", _text
     )
-    resume: bool = key("in a multirun, skip jobs whose results are already complete", _boolean)
-    progress: bool = key("progress bar on a terminal, log lines otherwise", _boolean)
+    resume: bool = key(
+        "in a multirun, skip jobs whose results are already complete", checks.boolean
+    )
+    progress: bool = key("progress bar on a terminal, log lines otherwise", checks.boolean)
     threads: int = key(
         "torch intra-op threads (1 keeps parallel jobs off each other)", checks.positive_int
     )
@@ -431,7 +427,7 @@ def _reference_episodes(name: str, value: Any) -> int:
 class GradientQualitySettings:
     """Cosine / relative error of batch gradients to a large reference, at checkpoints."""
 
-    enabled: bool = key("measure gradient quality at all", _boolean)
+    enabled: bool = key("measure gradient quality at all", checks.boolean)
     checkpoints: tuple[int, ...] = key(
         "iterations at which to measure (0 = before the first update)",
         _int_list(_non_negative_int),
@@ -510,6 +506,12 @@ class CartPoleSettings(RunSettings):
 
 
 def _check_cartpole(settings: CartPoleSettings) -> CartPoleSettings:
+    limit = training.MAX_STEP_SIZE[settings.optimizer]  # Adam's first step is ~10 alpha
+    if settings.step_size > limit:
+        raise ConfigError(
+            f"step_size must be <= {limit:g} with optimizer={settings.optimizer} "
+            f"(float32 parameters), got {settings.step_size!r}"
+        )
     budget = settings.budget
     if budget.iterations is None and budget.env_steps is None:
         raise ConfigError(
