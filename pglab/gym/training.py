@@ -43,7 +43,14 @@ from torch import Tensor, nn
 
 from pglab import checks, estimators
 from pglab.collapse import CollapseConfig, CollapseDetector
-from pglab.gym.gradients import flat_grad, grad_variance, per_episode_gradients, surrogate_loss
+from pglab.gym import updates
+from pglab.gym.gradients import (
+    flat_grad,
+    flat_params,
+    grad_variance,
+    per_episode_gradients,
+    surrogate_loss,
+)
 from pglab.gym.rollouts import RolloutCollector
 from pglab.result import TrainResult
 from pglab.threads import thread_invariant
@@ -51,7 +58,9 @@ from pglab.threads import thread_invariant
 __all__ = [
     "MAX_STEP_SIZE",
     "OPTIMIZERS",
+    "RECORDED_EXTRAS",
     "TABULAR_ONLY_ESTIMATORS",
+    "UPDATE_CONFIGS",
     "TrainConfig",
     "TrainResult",
     "train",
@@ -69,6 +78,15 @@ MAX_STEP_SIZE: dict[str, float] = {
 }
 # Estimators that need exact tabular values and therefore cannot run on a gym environment.
 TABULAR_ONLY_ESTIMATORS: tuple[str, ...] = ("baseline_value",)
+#: Rule-specific diagnostics of :class:`pglab.gym.updates.UpdateInfo` recorded per
+#: iteration (NaN where the rule does not report one; ``update="pg"`` reports none).
+RECORDED_EXTRAS: tuple[str, ...] = ("backtracks", "accepted", "clip_fraction")
+#: The sub-config type of each non-pg update rule.
+UPDATE_CONFIGS: dict[str, type] = {
+    "npg": updates.NPGConfig,
+    "trpo": updates.TRPOConfig,
+    "ppo": updates.PPOConfig,
+}
 
 
 @dataclass(frozen=True)
@@ -102,6 +120,16 @@ class TrainConfig:
         stop_on_collapse: end the run the first time the detector says it is stuck
             (``status`` is still ``"complete"`` unless it diverged). Default ``False``:
             full curves (a stuck run may still climb out).
+        update: the update rule, a name in ``pglab.gym.updates.UPDATE_RULES``: ``"pg"``
+            (the gradient step above, with ``optimizer``), ``"npg"``, ``"trpo"`` or
+            ``"ppo"`` (:mod:`pglab.gym.updates`). For the other rules ``step_size`` is the
+            rule's step parameter: eta of NPG, delta (the mean-KL bound, nats) of TRPO,
+            the learning rate of PPO; ``optimizer`` must stay ``"sgd"`` (PPO's own
+            optimiser is ``update_config.optimizer``).
+        update_config: the rule's other keys, an :class:`~pglab.gym.updates.NPGConfig`,
+            :class:`~pglab.gym.updates.TRPOConfig` or :class:`~pglab.gym.updates.PPOConfig`
+            matching ``update`` (its own step field is replaced by ``step_size``);
+            ``None``: the rule's defaults. Must be ``None`` for ``update="pg"``.
     """
 
     env_id: str = "CartPole-v1"
@@ -118,6 +146,8 @@ class TrainConfig:
     seed: int = 0
     inject_nan_at: int | None = None
     stop_on_collapse: bool = False
+    update: str = "pg"
+    update_config: Any = None
 
     def validate(self) -> None:
         """Raise :class:`pglab.checks.ConfigError` naming the first invalid field and its value.
@@ -152,6 +182,20 @@ class TrainConfig:
         if self.inject_nan_at is not None:
             checks.integer("inject_nan_at", self.inject_nan_at, minimum=0)
         checks.boolean("stop_on_collapse", self.stop_on_collapse)
+        checks.one_of("update", self.update, updates.UPDATE_RULES)
+        if self.update != "pg" and self.optimizer != "sgd":
+            raise checks.ConfigError(
+                f"optimizer={self.optimizer!r} applies to update='pg' only; update="
+                f"{self.update!r} takes its own steps (PPO's optimiser is its config's optimizer)"
+            )
+        if self.update == "pg":
+            if self.update_config is not None:
+                raise checks.ConfigError(
+                    f"update_config={self.update_config!r} but update='pg' takes none"
+                )
+        elif self.update_config is not None:
+            checks.instance("update_config", self.update_config, UPDATE_CONFIGS[self.update])
+            self.update_config.validate()
 
     def make_collector(
         self, seed: int | None = None, max_episode_steps: int | None = None
@@ -235,7 +279,10 @@ def train(
         ``loss``, ``grad_norm`` (||ghat_N||_2), ``entropy`` (mean over the batch's real
         states of H(pi_k(.|s)), nats), ``kl`` (mean over the same states of
         KL(pi_k(.|s) || pi_{k+1}(.|s)), computed after the update; NaN if the run
-        diverged before updating), ``frac_deterministic`` (fraction of those states with
+        diverged before updating), ``step_norm`` (``||theta_{k+1} - theta_k||_2``; NaN if
+        no update was applied), ``backtracks``, ``accepted`` (TRPO's line search: shrinks
+        taken, 1/0), ``clip_fraction`` (PPO) (NaN for rules that do not report them),
+        ``frac_deterministic`` (fraction of those states with
         max_a pi_k(a|s) >= ``deterministic_threshold``), ``grad_variance``
         (tr Cov(ghat_N) estimate, NaN when not computed this iteration), ``collapsed``
         (the detector's verdict as of this iteration: stuck over the trailing window, or
@@ -256,6 +303,11 @@ def train(
     detector.reset()
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = _make_optimizer(config, params)
+    rule = None
+    if config.update != "pg":
+        rule = updates.make_update_rule(
+            config.update, policy, config.step_size, config.update_config, seed=config.seed
+        )
     generator = torch.Generator().manual_seed(int(config.seed))
     history: list[dict[str, Any]] = []
     status = "complete"
@@ -303,41 +355,62 @@ def train(
         if measure and config.n_trajectories >= 2:
             variance = grad_variance(per_episode_gradients(policy, batch, weights))
 
-        # 3. surrogate loss and its gradient: grad L = -ghat_N
-        for p in params:
-            p.grad = None
-        loss = surrogate_loss(policy, batch, weights)
-        loss.backward()
-        if config.inject_nan_at is not None and iteration == config.inject_nan_at:
-            for p in params:
-                p.grad.fill_(math.nan)  # testing hook: simulate a numerical blow-up
-        grad_vec = flat_grad(params)
-        grad_norm = float(grad_vec.norm())
-        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_vec).all())
-
-        # 4. ascent step theta <- theta + alpha ghat_N
+        extras = dict.fromkeys(RECORDED_EXTRAS, math.nan)
+        step_norm = math.nan
         kl = math.nan
-        if finite:
-            try:
-                if optimizer is None:
-                    with torch.no_grad():
-                        for p in params:
-                            p.add_(p.grad, alpha=-config.step_size)  # theta - alpha grad L
-                else:
-                    optimizer.step()
-            except RuntimeError as error:
-                # e.g. a float16 policy: the step itself overflows the parameters' dtype
-                # (the update would be inf). The run has diverged; keep what it recorded.
-                if "overflow" not in str(error):
-                    raise
-                finite = False
-            finite = finite and _all_finite(params)
+        if rule is None:
+            # 3. surrogate loss and its gradient: grad L = -ghat_N
+            for p in params:
+                p.grad = None
+            loss = surrogate_loss(policy, batch, weights)
+            loss.backward()
+            if config.inject_nan_at is not None and iteration == config.inject_nan_at:
+                for p in params:
+                    p.grad.fill_(math.nan)  # testing hook: simulate a numerical blow-up
+            grad_vec = flat_grad(params)
+            grad_norm = float(grad_vec.norm())
+            finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_vec).all())
+
+            # 4. ascent step theta <- theta + alpha ghat_N
             if finite:
-                with torch.no_grad():
-                    log_pi_new = torch.log_softmax(policy(obs_real), dim=-1)
-                    # KL(pi_k || pi_{k+1}) = sum_a pi_k(a|s) (log pi_k(a|s) - log pi_{k+1}(a|s))
-                    terms = torch.where(pi_old > 0, pi_old * (log_pi_old - log_pi_new), 0.0)
-                    kl = float(terms.sum(-1).mean())
+                theta_old = flat_params(params)
+                try:
+                    if optimizer is None:
+                        with torch.no_grad():
+                            for p in params:
+                                p.add_(p.grad, alpha=-config.step_size)  # theta - alpha grad L
+                    else:
+                        optimizer.step()
+                except RuntimeError as error:
+                    # e.g. a float16 policy: the step itself overflows the parameters' dtype
+                    # (the update would be inf). The run has diverged; keep what it recorded.
+                    if "overflow" not in str(error):
+                        raise
+                    finite = False
+                if finite:
+                    step_norm = float((flat_params(params) - theta_old).norm())
+                finite = finite and _all_finite(params)
+                if finite:
+                    with torch.no_grad():
+                        log_pi_new = torch.log_softmax(policy(obs_real), dim=-1)
+                        # KL(pi_k || pi_{k+1}) = sum_a pi_k(a|s) (log pi_k(a|s) - log pi_{k+1}(a|s))
+                        terms = torch.where(pi_old > 0, pi_old * (log_pi_old - log_pi_new), 0.0)
+                        kl = float(terms.sum(-1).mean())
+        else:
+            # 3-4. the rule computes ghat_N itself and updates the policy in place; the
+            # surrogate's value (at theta_k) is recorded as for pg
+            with torch.no_grad():
+                loss = surrogate_loss(policy, batch, weights)
+            grad_norm = math.nan
+            finite = bool(torch.isfinite(loss))
+            if config.inject_nan_at is not None and iteration == config.inject_nan_at:
+                finite = False  # testing hook: a blow-up before the update, which is skipped
+            if finite:
+                info = rule(batch, weights)
+                grad_norm, kl, step_norm = info.grad_norm, info.kl, info.step_norm
+                for name in RECORDED_EXTRAS:
+                    extras[name] = float(info.extras.get(name, math.nan))
+                finite = math.isfinite(kl) and _all_finite(params)
 
         return_mean = float(returns.mean())
         collapse = detector.update(
@@ -359,6 +432,8 @@ def train(
             "grad_norm": grad_norm,
             "entropy": entropy,
             "kl": kl,
+            "step_norm": step_norm,
+            **extras,
             "frac_deterministic": frac_det,
             "grad_variance": variance,
             "collapsed": collapse.collapsed,
