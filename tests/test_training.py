@@ -43,6 +43,10 @@ METRIC_KEYS = {
     "grad_norm",
     "entropy",
     "kl",
+    "step_norm",  # issue 10: ||theta_{k+1} - theta_k||_2, and the update rules' diagnostics
+    "backtracks",
+    "accepted",
+    "clip_fraction",
     "frac_deterministic",
     "grad_variance",
     "collapsed",
