@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from pglab.schema import (
+    ADDED_COLUMNS,
     EXPERIMENTS,
     FINISHED_STATUSES,
     JOB_STATUS_FILE,
@@ -225,8 +226,21 @@ def upgrade_table(experiment: str, stem: str, frame: pd.DataFrame) -> pd.DataFra
     ``cartpole/gradient_quality`` before the schema module: ``n_trajectories`` was the
     batch N and ``train_n_trajectories`` the training N; now ``n_trajectories`` is the
     training N (an identity column, as in every table) and ``batch_n_trajectories`` the
-    batch N. Other tables are returned unchanged.
+    batch N.
+
+    ``cartpole`` and ``tabular_ascent`` before issue 10 (update rules): no ``update``
+    identity column (every run was ``update="pg"``) and no per-step diagnostics
+    (``step_norm``, ...; NaN: not recorded); :data:`pglab.schema.ADDED_COLUMNS` gives the
+    values filled in, each only where the table requires it and lacks it. Other tables
+    are returned unchanged.
     """
+    added = ADDED_COLUMNS.get(experiment)
+    if added and stem in {t.stem for t in EXPERIMENTS[experiment].tables}:
+        spec = EXPERIMENTS[experiment]
+        required = {*spec.identity, *spec.table(stem).columns}
+        fill = {k: v for k, v in added.items() if k in required and k not in frame.columns}
+        if fill:
+            frame = frame.assign(**fill)
     if (
         (experiment, stem) == ("cartpole", "gradient_quality")
         and "train_n_trajectories" in frame.columns

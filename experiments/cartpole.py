@@ -1,12 +1,15 @@
 """REINFORCE on CartPole (or any discrete-action gymnasium env) with step-size-collapse detection.
 
-One job = one (N, α, seed): train with θ ← θ + α ĝ_N for the budget, record per-iteration
-metrics, detect collapse (``collapsed`` in the summary = stuck at the END of the budget, see
+One job = one (N, α, seed): train with θ ← θ + α ĝ_N (``update=pg``; or NPG, TRPO, PPO with
+``update=npg|trpo|ppo``, ``step_size`` then being η, δ or the learning rate, the rule's
+other keys in ``conf/update/<rule>.yaml``) for the budget, record per-iteration
+metrics (the KL between successive policies and the step's norm for every rule), detect collapse (``collapsed`` in the summary = stuck at the END of the budget, see
 pglab/collapse.py), and optionally measure gradient quality at checkpoints.
 
     python experiments/cartpole.py n_trajectories=10 step_size=0.01
     python experiments/cartpole.py -m n_trajectories=1,10,100 step_size=0.001,0.01,0.1
     python experiments/cartpole.py -m experiment=cartpole_grid hydra/launcher=joblib
+    python experiments/cartpole.py update=trpo step_size=0.01
 
 Writes ``history.parquet`` (per iteration), ``summary.parquet`` (one row), optionally
 ``gradient_quality.parquet`` (``n_trajectories`` the training N, ``batch_n_trajectories``
@@ -49,6 +52,8 @@ def train_config(settings: CartPoleSettings) -> TrainConfig:
         variance_every=settings.variance_every,
         deterministic_threshold=settings.deterministic_threshold,
         seed=settings.seed,
+        update=settings.update.name,
+        update_config=settings.update.core(),
     )
 
 
@@ -121,7 +126,10 @@ def experiment(ctx: JobContext) -> JobOutput:
     # last batch may overshoot, the bar stops at its total), iterations otherwise.
     in_env_steps = budget.env_steps is not None and budget.iterations is None
     total = budget.env_steps if in_env_steps else budget.iterations
-    bar = ctx.progress(total, f"N={n} α={settings.step_size} seed={settings.seed}")
+    step = {"pg": "α", "npg": "η", "trpo": "δ", "ppo": "lr"}[settings.update.name]
+    bar = ctx.progress(
+        total, f"{settings.update.name} N={n} {step}={settings.step_size} seed={settings.seed}"
+    )
     steps_so_far = 0
 
     def on_iteration(metrics: dict) -> None:
@@ -153,7 +161,7 @@ def experiment(ctx: JobContext) -> JobOutput:
         bar.close()
         collector.close()
 
-    ident = identity(schema.CARTPOLE, settings)
+    ident = identity(schema.CARTPOLE, settings, update=settings.update.name)
     history = pd.DataFrame(result.history)
     for key, value in ident.items():
         history[key] = value

@@ -2,6 +2,12 @@
 
     python experiments/tabular_ascent.py mdp=chain step_size=10
     python experiments/tabular_ascent.py -m gradient=exact,reinforce step_size=0.1,1,10,100
+    python experiments/tabular_ascent.py update=npg mdp=short_corridor step_size=0.5
+
+``update=pg|npg|trpo`` (conf/update/): ``step_size`` is α, η or δ (nats); npg and trpo run
+on the exact gradient and Fisher (gradient=exact). An MDP with features (mdp=short_corridor)
+is ascended in its feature parameters θ [d]; ``policy.kind`` then sets θ_0 [d] the same way
+(uniform: 0, random: scale·N(0,1), near_deterministic: scale at one drawn coordinate).
 
 Writes ``history.parquet`` (per iteration), ``summary.parquet`` and ``metadata.json``.
 ``suboptimality`` is measured against the non-stationary optimum J* (an upper bound a
@@ -18,7 +24,7 @@ from omegaconf import DictConfig
 from pglab_jobs.cli import preflight
 from pglab_jobs.config import TabularAscentSettings, identity, validate_tabular_ascent
 from pglab_jobs.job import JobContext, JobOutput, run_job
-from pglab_jobs.tabular import build_logits
+from pglab_jobs.tabular import build_parameters
 
 from pglab import schema
 from pglab.collapse import CollapseDetector
@@ -30,9 +36,11 @@ def experiment(ctx: JobContext) -> JobOutput:
     step_size = settings.step_size
     n_iterations = settings.n_iterations
     mdp = settings.mdp.built
-    logits0 = build_logits(settings.policy, mdp)
+    logits0 = build_parameters(settings.policy, mdp)  # theta_0 [d] for an MDP with features
+    rule = settings.update
     detector = CollapseDetector(tabular_collapse_config(mdp, window=settings.collapse_window))
-    with ctx.progress(n_iterations, f"{mdp.name} α={step_size} {settings.gradient}") as bar:
+    label = f"{mdp.name} {rule.name} step={step_size} {settings.gradient}"
+    with ctx.progress(n_iterations, label) as bar:
 
         def on_iteration(metrics: dict) -> None:
             ctx.tracker.log(
@@ -55,6 +63,12 @@ def experiment(ctx: JobContext) -> JobOutput:
             seed=settings.seed,
             detector=detector,
             callback=on_iteration,
+            update=rule.name,
+            **(
+                {"backtrack": rule.backtrack, "max_backtracks": rule.max_backtracks}
+                if rule.name == "trpo"
+                else {}
+            ),
         )
     # the exact gradient samples nothing: N is recorded as 0
     exact = settings.gradient == "exact"
@@ -62,6 +76,7 @@ def experiment(ctx: JobContext) -> JobOutput:
         schema.TABULAR_ASCENT,
         settings,
         mdp=mdp.name,
+        update=rule.name,
         n_trajectories=0 if exact else settings.n_trajectories,
     )
     history = pd.DataFrame(result.history).assign(**ident)

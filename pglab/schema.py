@@ -170,8 +170,18 @@ CALIBRATION = Experiment(
 
 CARTPOLE = Experiment(
     name="cartpole",
-    identity=("env_id", "estimator", "n_trajectories", "step_size", "optimizer", "seed"),
-    context=("env_id", "estimator", "optimizer"),
+    # update: the update rule (pg | npg | trpo | ppo, issue 10); step_size is that rule's
+    # step parameter (alpha, eta, delta, PPO's learning rate), so rules split figures.
+    identity=(
+        "env_id",
+        "estimator",
+        "update",
+        "n_trajectories",
+        "step_size",
+        "optimizer",
+        "seed",
+    ),
+    context=("env_id", "estimator", "update", "optimizer"),
     tables=(
         Table(
             stem="history",
@@ -189,6 +199,10 @@ CARTPOLE = Experiment(
                 "grad_norm",
                 "entropy",
                 "kl",
+                "step_norm",
+                "backtracks",
+                "accepted",
+                "clip_fraction",
                 "frac_deterministic",
                 "grad_variance",
                 "collapsed",
@@ -221,8 +235,8 @@ CARTPOLE = Experiment(
 
 TABULAR_ASCENT = Experiment(
     name="tabular_ascent",
-    identity=("mdp", "gradient", "n_trajectories", "step_size", "seed"),
-    context=("mdp",),
+    identity=("mdp", "gradient", "update", "n_trajectories", "step_size", "seed"),
+    context=("mdp", "update"),
     tables=(
         Table(
             stem="history",
@@ -237,6 +251,10 @@ TABULAR_ASCENT = Experiment(
                 "entropy",
                 "p_optimal",
                 "grad_norm",
+                "kl",
+                "step_norm",
+                "backtracks",
+                "accepted",
                 "collapsed",
             ),
             description="one row per iteration, J evaluated exactly",
@@ -255,6 +273,26 @@ TABULAR_ASCENT = Experiment(
         ),
     ),
 )
+
+#: Columns added by issue 10 (update rules), with the value a table written before it holds
+#: implicitly: every earlier run was ``update="pg"``, and its per-step diagnostics were
+#: not recorded (NaN). ``analysis.load`` fills them in on load.
+ADDED_COLUMNS: dict[str, dict[str, object]] = {
+    "cartpole": {
+        "update": "pg",
+        "step_norm": float("nan"),
+        "backtracks": float("nan"),
+        "accepted": float("nan"),
+        "clip_fraction": float("nan"),
+    },
+    "tabular_ascent": {
+        "update": "pg",
+        "kl": float("nan"),
+        "step_norm": float("nan"),
+        "backtracks": float("nan"),
+        "accepted": float("nan"),
+    },
+}
 
 #: Every experiment, by name.
 EXPERIMENTS: dict[str, Experiment] = {

@@ -64,19 +64,75 @@ def test_every_key_in_conf_is_declared_and_every_declared_key_has_a_default(app)
     in_yaml = {
         k
         for k in flat_keys(cfg)
-        if k.split(".")[0] not in RUNTIME_GROUPS and not k.startswith("mdp")
+        if k.split(".")[0] not in RUNTIME_GROUPS and k.split(".")[0] not in ("mdp", "update")
     }
-    declared = {k for k in config.declared_keys(config.VALIDATORS[app][0]) if k != "mdp"}
+    # mdp's keys are its zoo constructor's; update's are the chosen rule's (test below)
+    declared = {
+        k for k in config.declared_keys(config.VALIDATORS[app][0]) if k not in ("mdp", "update")
+    }
     assert in_yaml == declared
     for doc in config.declared_keys(config.VALIDATORS[app][0]).values():
         assert doc and "\n" not in doc
+
+
+@pytest.mark.parametrize("rule", sorted(config.UPDATE_SETTINGS))
+def test_every_key_of_each_update_rule_file_is_declared_and_has_a_default(rule):
+    """conf/update/<rule>.yaml holds exactly the keys of config.UPDATE_SETTINGS[rule]."""
+    cfg = composed("cartpole", f"update={rule}")
+    in_yaml = {k for k in flat_keys(cfg) if k.startswith("update.")}
+    assert in_yaml == set(config.declared_keys(config.UPDATE_SETTINGS[rule], "update."))
+    assert cfg["update"]["name"] == rule
+    settings = validate("cartpole", f"update={rule}")
+    assert type(settings.update) is config.UPDATE_SETTINGS[rule]
+    for line in (CONF / "update" / f"{rule}.yaml").read_text().splitlines():
+        if line and not line.startswith("#") and not line.startswith("name:"):
+            assert "  # " in line, f"conf/update/{rule}.yaml: {line!r} has no one-line comment"
+
+
+def test_update_settings_reach_the_core_configs():
+    """The group file's values are the core's config (step field left to step_size)."""
+    settings = validate("cartpole", "update=trpo", "step_size=0.02", "update.max_backtracks=3")
+    core = settings.update.core()
+    assert core.max_backtracks == 3 and core.backtrack == 0.5 and core.damping == 0.1
+    assert validate("cartpole", "update=ppo").update.core().epochs == 4
+    assert validate("cartpole").update.core() is None
+
+
+@pytest.mark.parametrize(
+    ("app", "overrides", "parts"),
+    [
+        ("cartpole", ("update=npg", "update.damping=-1"), ("update.damping", "-1")),
+        ("cartpole", ("update=trpo", "update.backtrack=1"), ("update.backtrack", "(0, 1)")),
+        ("cartpole", ("update=ppo", "update.optimizer=rmsprop"), ("update.optimizer",)),
+        ("cartpole", ("update=npg", "optimizer=adam"), ("optimizer=adam", "update=pg only")),
+        ("cartpole", ("update=npg", "+update.clip=0.1"), ("update.clip", "update=npg")),
+        ("tabular_ascent", ("update=ppo",), ("update=ppo", "not built", "cartpole.py")),
+        (
+            "tabular_ascent",
+            ("update=trpo", "gradient=reinforce"),
+            ("update=trpo", "gradient=reinforce", "gradient=exact"),
+        ),
+    ],
+)
+def test_bad_update_settings_give_one_line_naming_the_key(app, overrides, parts):
+    with pytest.raises(ConfigError) as error:
+        validate(app, *overrides)
+    assert_one_line(error, *parts)
+
+
+@pytest.mark.parametrize("app", ["cartpole", "tabular_ascent"])
+def test_misspelled_update_rule_gets_a_did_you_mean_before_any_work(app):
+    with pytest.raises(ConfigError) as error:
+        cli.check_command_line(app, config.VALIDATORS[app][1], ["update=trp0"])
+    assert_one_line(error, "update", "'trp0'", "did you mean 'trpo'")
 
 
 @pytest.mark.parametrize("app", APPS)
 def test_identity_columns_of_the_schema_are_settings(app):
     settings = validate(app)
     experiment = schema.experiment(app)
-    computed = {"mdp": "chain", "estimator": "reinforce"}  # per row in the tabular studies
+    # per row in the tabular studies; update is the rule's name (settings.update.name)
+    computed = {"mdp": "chain", "estimator": "reinforce", "update": "pg"}
     row = config.identity(experiment, settings, **computed)
     assert tuple(row) == experiment.identity
 

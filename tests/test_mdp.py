@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -667,3 +668,43 @@ def test_files_at_the_limit_still_load(tmp_path):
     for suffix in (".npz", ".yaml"):
         mdp.to_file(tmp_path / f"garnet{suffix}")
         assert_same_mdp(TabularMDP.from_file(tmp_path / f"garnet{suffix}"), mdp)
+
+
+# ---------------------------------------------------------------------------------------
+# Features phi(s, a) [S, A, d] (issue 10)
+# ---------------------------------------------------------------------------------------
+def _two_state_args():
+    return dict(
+        transitions=[[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [0.0, 1.0]]],
+        rewards=[[1.0, 0.0], [2.0, 0.0]],
+        initial=[1.0, 0.0],
+        horizon=3,
+    )
+
+
+def test_features_default_to_none_and_are_validated():
+    assert TabularMDP(**_two_state_args()).features is None
+    phi = torch.arange(12, dtype=torch.float64).reshape(2, 2, 3)
+    mdp = TabularMDP(**_two_state_args(), features=phi)
+    assert torch.equal(mdp.features, phi) and mdp.features.dtype == torch.float64
+    with pytest.raises(ValueError, match=r"features must have shape \[S, A, d\] = \[2, 2"):
+        TabularMDP(**_two_state_args(), features=torch.zeros(2, 3, 1))
+    with pytest.raises(ValueError, match=r"features must have shape"):
+        TabularMDP(**_two_state_args(), features=torch.zeros(2, 2, 0))
+    bad = phi.clone()
+    bad[1, 0, 2] = math.nan
+    with pytest.raises(ValueError, match=r"features\[1, 0, 2\] = nan is not finite"):
+        TabularMDP(**_two_state_args(), features=bad)
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".npz"])
+def test_features_survive_replace_and_a_file_round_trip(tmp_path, suffix):
+    phi = torch.tensor([[[1.0, 0.5], [0.0, -2.25]], [[3.0, 1e-17], [0.1, 0.2]]])
+    mdp = TabularMDP(**_two_state_args(), features=phi)
+    assert torch.equal(mdp.replace(horizon=5).features, mdp.features)
+    path = tmp_path / f"mdp{suffix}"
+    mdp.to_file(path)
+    assert torch.equal(TabularMDP.from_file(path).features, mdp.features)
+    plain = tmp_path / f"plain{suffix}"
+    TabularMDP(**_two_state_args()).to_file(plain)
+    assert TabularMDP.from_file(plain).features is None

@@ -132,3 +132,192 @@ def test_bad_update_settings_are_refused_before_any_work(changes, parts):
         TrainConfig(**changes).validate()
     for part in parts:
         assert part in str(error.value), str(error.value)
+
+
+# ---------------------------------------------------------------------------------------
+# Tabular ascent with update rules
+# ---------------------------------------------------------------------------------------
+def test_tabular_trpo_steps_never_exceed_delta_in_exact_kl():
+    """Exact TRPO accepts a step only if its exact mean KL is <= delta, and the recorded
+    kl is natural.mean_kl of (theta_k, theta_{k+1}) recomputed independently."""
+    from pglab.tabular import natural
+
+    mdp = zoo.make("chain")
+    logits0 = torch.zeros(mdp.n_states, mdp.n_actions, dtype=torch.float64)
+    delta = 0.05
+    result = tabular_ascent(mdp, logits0, delta, 25, update="trpo")
+    assert result.status == "complete"
+    accepted = [row for row in result.history if row["accepted"] == 1.0]
+    assert len(accepted) >= 5 and result.history[0]["accepted"] == 1.0
+    # steps are refused only once no step improves J: at the best stationary return
+    # (chain: 60.4288), to the 1e-6 a line search of 10 halvings resolves here
+    refused = [row for row in result.history if row["accepted"] == 0.0]
+    assert all(abs(row["suboptimality_stationary"]) < 1e-6 for row in refused)
+    for row in result.history:
+        assert row["kl"] <= delta
+        if row["accepted"] == 0.0:
+            assert row["step_norm"] == 0.0 and row["kl"] == 0.0
+    # the recorded KL of the first step is the exact mean KL between theta_0 and theta_1
+    first = tabular_ascent(mdp, logits0, delta, 1, update="trpo")
+    theta1 = first.final_params["logits"]
+    assert first.history[0]["kl"] == natural.mean_kl(mdp, logits0, theta1)
+    # and TRPO moves J up monotonically (every accepted step improves the exact J)
+    returns = [row["expected_return"] for row in result.history]
+    assert all(b >= a for a, b in zip(returns, returns[1:], strict=False))
+
+
+def test_tabular_npg_iterates_equal_natural_exact_iterates():
+    """update=npg in tabular_ascent is natural.npg_step: the iterates equal
+    natural.exact_iterates(rule='npg') bit for bit (same operations)."""
+    from pglab.tabular import natural
+
+    mdp = zoo.make("two_state")
+    logits0 = torch.tensor([[0.3, -0.2], [0.1, 0.4]], dtype=torch.float64)
+    result = tabular_ascent(mdp, logits0, 0.7, 10, update="npg")
+    reference = natural.exact_iterates(mdp, logits0, "npg", 0.7, 10)
+    assert torch.equal(result.final_params["logits"], reference.thetas[-1])
+    kls = torch.tensor([row["kl"] for row in result.history], dtype=torch.float64)
+    assert torch.equal(kls, reference.kls)
+    returns = [row["expected_return"] for row in result.history]
+    assert returns == reference.returns[:-1].tolist()
+
+
+@pytest.mark.parametrize("update", ["pg", "npg"])
+def test_corridor_optimum_is_reached_by_exact_pg_and_npg(update):
+    """Sutton & Barto Ex. 13.1: p* = 2 - sqrt(2), J* = -(6 + 4 sqrt(2)). Within 1e-3 of
+    J* as issue 10 asks (J is flat at the optimum: a 1e-3 gap in J allows |p - p*| ~ 1e-2)."""
+    from pglab.tabular import features
+
+    mdp = zoo.make("short_corridor")
+    # pg: alpha = 0.1 (0.3 already overshoots into a near-deterministic policy, J = -200
+    # at the horizon); npg: eta = 0.5
+    step = {"pg": 0.1, "npg": 0.5}[update]
+    result = tabular_ascent(mdp, torch.zeros(2, dtype=torch.float64), step, 300, update=update)
+    theta = result.final_params["theta"]
+    p = float(torch.sigmoid(theta[0] - theta[1]))
+    assert result.history[-1]["expected_return"] == pytest.approx(
+        features.CORRIDOR_OPTIMAL_RETURN, abs=1e-3
+    )
+    assert p == pytest.approx(features.CORRIDOR_OPTIMAL_P, abs=2e-2)
+    assert all(math.isfinite(row["kl"]) and row["step_norm"] >= 0 for row in result.history)
+
+
+def test_sampled_pg_on_features_is_the_chain_rule_of_the_tabular_estimate():
+    """With features the sampled gradient is sum_{s,a} ghat[s, a] phi(s, a) of the same
+    trajectories (same seed), so its mean over iterations is unbiased; one iteration
+    checked against the sampler called directly."""
+    from pglab.tabular import estimates
+    from pglab.tabular.ascent import iteration_seed
+    from pglab.tabular.features import feature_logits
+
+    mdp = zoo.make("short_corridor")
+    theta0 = torch.tensor([0.2, -0.1], dtype=torch.float64)
+    result = tabular_ascent(mdp, theta0, 0.1, 1, gradient="reinforce", n_trajectories=16, seed=4)
+    samples = estimates.sample_gradients(
+        mdp, feature_logits(mdp.features, theta0), 16, "reinforce", iteration_seed(4, 0)
+    )
+    ghat = torch.einsum("sa,sak->k", torch.as_tensor(samples).mean(0), mdp.features)
+    assert torch.equal(result.final_params["theta"], theta0 + 0.1 * ghat)
+
+
+@pytest.mark.parametrize(
+    ("update", "gradient", "parts"),
+    [
+        ("ppo", "exact", ("update=ppo", "not built")),
+        ("npg", "reinforce", ("update=npg", "gradient=reinforce", "gradient=exact")),
+        ("trp0", "exact", ("update", "'trp0'")),
+    ],
+)
+def test_tabular_ascent_refuses_rules_it_does_not_build(update, gradient, parts):
+    mdp = zoo.make("two_state")
+    logits0 = torch.zeros(mdp.n_states, mdp.n_actions, dtype=torch.float64)
+    with pytest.raises(ConfigError) as error:
+        tabular_ascent(mdp, logits0, 0.1, 2, gradient=gradient, n_trajectories=2, update=update)
+    for part in parts:
+        assert part in str(error.value), str(error.value)
+
+
+# ---------------------------------------------------------------------------------------
+# The real apps
+# ---------------------------------------------------------------------------------------
+def _history(root: Path):
+    import pandas as pd
+
+    (path,) = sorted(root.rglob("history.parquet"))
+    return pd.read_parquet(path)
+
+
+def test_cartpole_app_runs_trpo_and_records_kl_within_delta(tmp_path):
+    from conftest import run_app
+
+    run_app(
+        "cartpole.py",
+        "update=trpo",
+        "step_size=0.01",
+        "n_trajectories=4",
+        "budget.iterations=3",
+        "logger=none",
+        "progress=false",
+        f"paths.output_dir={tmp_path}",
+    )
+    history = _history(tmp_path)
+    assert set(history["update"]) == {"trpo"} and len(history) == 3
+    assert (history["kl"] <= 0.01).all() and (history["step_norm"] >= 0).all()
+    assert set(history["accepted"]) <= {0.0, 1.0}
+
+
+def test_tabular_app_runs_npg_on_the_corridor_and_records_kl(tmp_path):
+    from conftest import run_app
+
+    run_app(
+        "tabular_ascent.py",
+        "update=npg",
+        "mdp=short_corridor",
+        "step_size=0.5",
+        "n_iterations=40",
+        "logger=none",
+        "progress=false",
+        f"paths.output_dir={tmp_path}",
+    )
+    history = _history(tmp_path)
+    assert set(history["update"]) == {"npg"} and set(history["mdp"]) == {"short_corridor"}
+    assert history["kl"].notna().all() and (history["step_norm"] > 0).any()
+    # the corridor's optimum, -(6 + 4 sqrt(2)), to 1e-3 (issue 10's tolerance)
+    assert abs(history["expected_return"].iloc[-1] + 6 - 4 * -math.sqrt(2)) < 1e-3
+
+
+def test_misspelled_update_rule_is_refused_by_the_app_in_one_line(tmp_path):
+    from conftest import run_app
+
+    proc = run_app(
+        "cartpole.py", "update=trp0", "logger=none", f"paths.output_dir={tmp_path}", check=False
+    )
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "did you mean 'trpo'" in lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("experiment", ["cartpole", "tabular_ascent"])
+def test_results_stored_before_the_update_rules_still_load_as_update_pg(experiment):
+    """A table written before issue 10 has no update column and no step diagnostics: the
+    loader reads it as update='pg' (what every earlier run did) with NaN diagnostics, and
+    then it meets the schema; a table that has the columns is left as it is."""
+    import pandas as pd
+
+    from analysis.load import missing_columns, upgrade_table
+    from pglab import schema
+
+    spec = schema.experiment(experiment)
+    added = schema.ADDED_COLUMNS[experiment]
+    for table in spec.tables:
+        required = [*spec.identity, *table.index, *table.columns]
+        old = pd.DataFrame({c: [1.0] for c in required if c not in added})
+        new = upgrade_table(experiment, table.stem, old)
+        assert missing_columns(spec, table.stem, new) == []
+        assert list(new["update"]) == ["pg"]
+        for column in set(added) & set(table.columns):
+            assert new[column].isna().all()
+        current = pd.DataFrame({c: [2.0] for c in required}).assign(update="trpo")
+        assert upgrade_table(experiment, table.stem, current).equals(current)

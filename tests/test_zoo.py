@@ -12,7 +12,17 @@ from pglab.tabular.mdp import TabularMDP
 
 REPO = Path(__file__).resolve().parents[1]
 
-NAMES = ["two_state", "chain", "gridworld", "garnet", "frozenlake", "cliffwalking", "taxi", "file"]
+NAMES = [
+    "two_state",
+    "chain",
+    "gridworld",
+    "garnet",
+    "frozenlake",
+    "cliffwalking",
+    "taxi",
+    "short_corridor",
+    "file",
+]
 
 
 def test_registry_lists_every_name():
@@ -215,3 +225,22 @@ def test_gymnasium_wrappers_name_and_size():
     assert rainy.transitions[0, 0].max().item() == pytest.approx(0.8)
     with pytest.raises(ValueError, match=r"unknown map_name '6x6'.*; choose one of: 4x4, 8x8"):
         zoo.frozenlake(map_name="6x6")
+
+
+def test_short_corridor_carries_its_features_and_only_it_does():
+    """Issue 10: the corridor's features ride on the MDP; every other zoo MDP has none
+    (so its tabular softmax, and every result on it, is unchanged)."""
+    from pglab.tabular import features
+
+    mdp = zoo.make("short_corridor")
+    reference, phi = features.short_corridor()
+    assert torch.equal(mdp.features, phi) and tuple(phi.shape) == (4, 2, 2)
+    assert torch.equal(mdp.transitions, reference.transitions)
+    # value at p* = 2 - sqrt(2): theta = (logit p*, 0); the textbook value to 1e-8 at
+    # horizon 200 (truncation 6.6e-9, features.short_corridor's measured bound)
+    p = features.CORRIDOR_OPTIMAL_P
+    theta = torch.tensor([float(torch.logit(torch.tensor(p, dtype=torch.float64))), 0.0])
+    value = features.feature_expected_return(mdp, mdp.features, theta)
+    assert value == pytest.approx(features.CORRIDOR_OPTIMAL_RETURN, abs=1e-8)
+    for name in [n for n in NAMES if n not in ("file", "short_corridor")]:
+        assert zoo.make(name).features is None, name

@@ -40,7 +40,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pglab import checks, estimators, schema
 from pglab.checks import ConfigError
-from pglab.gym import gradient_quality, policies, training
+from pglab.gym import gradient_quality, policies, training, updates
 from pglab.tabular import policy as tabular_policy
 from pglab.tabular import zoo
 
@@ -50,6 +50,7 @@ __all__ = [
     "ConfigError",
     "EstimatorVarianceSettings",
     "TabularAscentSettings",
+    "UPDATE_SETTINGS",
     "VALIDATORS",
     "declared_keys",
     "identity",
@@ -336,6 +337,120 @@ class _TabularSettings(RunSettings):
 
 
 # ---------------------------------------------------------------------------------------
+# The update rule: update=pg|npg|trpo|ppo (conf/update/<name>.yaml), shared by the
+# gym and tabular ascent apps; step_size (the app's key) is the rule's step parameter
+# ---------------------------------------------------------------------------------------
+def _rule_name(name: str, value: Any) -> str:
+    return checks.one_of(name, value, updates.UPDATE_RULES)
+
+
+def _kl_target(name: str, value: Any) -> float | None:
+    return _optional(checks.positive_real)(name, value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PGUpdateSettings:
+    """update=pg: theta <- theta + alpha g (with the app's optimizer); no other keys."""
+
+    name: str = key("the update rule: pg | npg | trpo | ppo (conf/update/)", _rule_name)
+
+    def core(self) -> None:
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class NPGUpdateSettings(PGUpdateSettings):
+    """update=npg: theta <- theta + eta (Fhat + lambda I)^-1 ghat (pglab.gym.updates)."""
+
+    damping: float = key("lambda >= 0 added to the per-episode Fisher", _non_negative)
+    cg_iterations: int = key("conjugate-gradient iterations", checks.positive_int)
+    cg_tolerance: float = key("CG stops once |residual| <= this x |ghat|", _non_negative)
+    kl_target: float | None = key(
+        "null: step eta x; kappa > 0: the KL-normalised step (step_size unused)", _kl_target
+    )
+    fisher_stride: int = key("Fisher on every k-th state of the batch", checks.positive_int)
+
+    def core(self) -> updates.NPGConfig:
+        return updates.NPGConfig(
+            damping=self.damping,
+            cg_iterations=self.cg_iterations,
+            cg_tolerance=self.cg_tolerance,
+            kl_target=self.kl_target,
+            fisher_stride=self.fisher_stride,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TRPOUpdateSettings(PGUpdateSettings):
+    """update=trpo: mean KL <= delta (= step_size), backtracking line search."""
+
+    damping: float = key("lambda >= 0 added to the mean-KL Fisher", _non_negative)
+    cg_iterations: int = key("conjugate-gradient iterations", checks.positive_int)
+    cg_tolerance: float = key("CG stops once |residual| <= this x |ghat|", _non_negative)
+    backtrack: float = key("line-search shrink factor, in (0, 1)", _open_unit)
+    max_backtracks: int = key("shrinks after the full step (>= 0)", _non_negative_int)
+    fisher_stride: int = key("Fisher on every k-th state of the batch", checks.positive_int)
+
+    def core(self) -> updates.TRPOConfig:
+        return updates.TRPOConfig(
+            damping=self.damping,
+            cg_iterations=self.cg_iterations,
+            cg_tolerance=self.cg_tolerance,
+            backtrack=self.backtrack,
+            max_backtracks=self.max_backtracks,
+            fisher_stride=self.fisher_stride,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PPOUpdateSettings(PGUpdateSettings):
+    """update=ppo: clipped surrogate, epochs x minibatches, its own optimiser."""
+
+    clip: float = key("epsilon > 0 of the clipped ratio", checks.positive_real)
+    epochs: int = key("passes over the batch per iteration", checks.positive_int)
+    minibatches: int = key("minibatches per epoch", checks.positive_int)
+    optimizer: str = key("PPO's own optimiser: adam | sgd", _choice(updates.PPO_OPTIMIZERS))
+
+    def core(self) -> updates.PPOConfig:
+        return updates.PPOConfig(
+            clip=self.clip,
+            epochs=self.epochs,
+            minibatches=self.minibatches,
+            optimizer=self.optimizer,
+        )
+
+
+#: update rule -> the settings of conf/update/<rule>.yaml
+UPDATE_SETTINGS: dict[str, type] = {
+    "pg": PGUpdateSettings,
+    "npg": NPGUpdateSettings,
+    "trpo": TRPOUpdateSettings,
+    "ppo": PPOUpdateSettings,
+}
+
+
+def _update(node: Any) -> PGUpdateSettings:
+    if not isinstance(node, DictConfig):
+        raise ConfigError(
+            f"update must be a group of keys (update=npg, update.damping=0.01), got {node!r}"
+        )
+    name = _rule_name("update.name", _get(node, "name", "update.name"))
+    settings = UPDATE_SETTINGS[name]
+    known = [f.name for f in dataclasses.fields(settings)]
+    for param in node:
+        if param not in known:
+            hint = checks.did_you_mean(str(param), known)
+            raise ConfigError(
+                f"update.{param} is not a key of update={name}{hint}; it takes: {', '.join(known)}"
+            )
+    return _read(settings, node, "update.")
+
+
+def _update_field(doc: str) -> Any:
+    return field(metadata={"doc": doc, "read": _update})
+
+
+# ---------------------------------------------------------------------------------------
 # The apps
 # ---------------------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
@@ -372,7 +487,11 @@ class TabularAscentSettings(_TabularSettings):
         _choice((GRADIENT_EXACT, *estimators.ESTIMATORS)),
     )
     n_trajectories: int = key("N per iteration when gradient is an estimator", checks.positive_int)
-    step_size: float = key("alpha, finite and > 0", _step_size)
+    step_size: float = key(
+        "the rule's step: alpha (pg), eta (npg), delta in nats (trpo); finite and > 0",
+        _step_size,
+    )
+    update: PGUpdateSettings = _update_field("the update rule: update=pg|npg|trpo (conf/update/)")
     n_iterations: int = key("number of updates", checks.positive_int)
     collapse_window: int = key(
         "trailing window (iterations) over which 'stuck' is judged", checks.positive_int
@@ -485,7 +604,14 @@ class CartPoleSettings(RunSettings):
         "time limit (null: the env's own)", _optional(checks.positive_int)
     )
     n_trajectories: int = key("N: complete episodes per update", checks.positive_int)
-    step_size: float = key("alpha, finite, > 0 and <= float32's maximum", _gym_step_size)
+    step_size: float = key(
+        "the rule's step: alpha (pg), eta (npg), delta (trpo), learning rate (ppo); "
+        "finite, > 0, <= float32's maximum",
+        _gym_step_size,
+    )
+    update: PGUpdateSettings = _update_field(
+        "the update rule: update=pg|npg|trpo|ppo (conf/update/)"
+    )
     estimator: str = key("the gradient estimator (not baseline_value)", _gym_estimator)
     gamma: float = key("discount inside the estimator, in [0, 1]", checks.discount)
     optimizer: str = key("sgd | momentum | adam", _choice(training.OPTIMIZERS))
@@ -506,6 +632,12 @@ class CartPoleSettings(RunSettings):
 
 
 def _check_cartpole(settings: CartPoleSettings) -> CartPoleSettings:
+    if settings.update.name != "pg" and settings.optimizer != "sgd":
+        raise ConfigError(
+            f"optimizer={settings.optimizer} applies to update=pg only; update="
+            f"{settings.update.name} takes its own steps"
+            + (" (PPO's optimiser is update.optimizer)" if settings.update.name == "ppo" else "")
+        )
     limit = training.MAX_STEP_SIZE[settings.optimizer]  # Adam's first step is ~10 alpha
     if settings.step_size > limit:
         raise ConfigError(
@@ -541,9 +673,17 @@ def validate_calibration(cfg: DictConfig) -> CalibrationSettings:
     return _read(CalibrationSettings, cfg)
 
 
+def _check_tabular_ascent(settings: TabularAscentSettings) -> TabularAscentSettings:
+    """The update rules tabular_ascent builds (pglab.tabular.ascent.check_update)."""
+    from pglab.tabular.ascent import check_update
+
+    check_update(settings.update.name, settings.gradient)
+    return settings
+
+
 def validate_tabular_ascent(cfg: DictConfig) -> TabularAscentSettings:
     """The tabular ascent's settings, or ConfigError naming the first bad key."""
-    return _read(TabularAscentSettings, cfg)
+    return _check_tabular_ascent(_read(TabularAscentSettings, cfg))
 
 
 def validate_cartpole(cfg: DictConfig) -> CartPoleSettings:

@@ -15,3 +15,16 @@ def build_logits(policy: LogitsSettings, mdp: TabularMDP) -> torch.Tensor:
     return tabular_policy.initial_logits(
         mdp.n_states, mdp.n_actions, kind=policy.kind, scale=policy.scale, seed=policy.seed
     )
+
+
+def build_parameters(policy: LogitsSettings, mdp: TabularMDP) -> torch.Tensor:
+    """The ascent's initial parameters: :func:`build_logits` ``[S, A]``, or for an MDP with
+    features ``[S, A, d]`` (``mdp.features``) θ_0 ``[d]`` drawn the same way (as one row
+    of ``d``: uniform 0, random scale·N(0,1), near_deterministic scale at one drawn
+    coordinate). The estimator studies always use the tabular logits."""
+    if mdp.features is None:
+        return build_logits(policy, mdp)
+    d = int(mdp.features.shape[2])
+    return tabular_policy.initial_logits(
+        1, d, kind=policy.kind, scale=policy.scale, seed=policy.seed
+    ).reshape(d)

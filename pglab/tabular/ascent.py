@@ -16,6 +16,27 @@ Randomness: with an estimator, iteration k draws its trajectories with the seed
 ``iteration_seed(seed, k)`` (a ``numpy.random.SeedSequence`` spawned from (seed, k)), so
 iterations are independent, reproducible, and a run can be replayed from any iteration.
 
+Update rules (``update=``, issue 10; :mod:`pglab.tabular.natural`), all with the
+exact J, gradient and Fisher of the oracle:
+
+==========  ==========================================================  ===============
+update      theta_{k+1}                                                 ``step_size``
+==========  ==========================================================  ===============
+``pg``      ``theta_k + alpha ghat_k`` (exact or sampled ghat)          alpha
+``npg``     ``theta_k + eta F^dagger grad J`` (:func:`natural.npg_step`)  eta
+``trpo``    :func:`natural.trpo_step`: mean KL <= delta, exact line     delta (nats)
+            search on KL and J (``backtrack``, ``max_backtracks``)
+==========  ==========================================================  ===============
+
+``npg`` and ``trpo`` need ``gradient="exact"``; sampled NPG/TRPO and PPO run on a gym
+environment (:mod:`pglab.gym.updates`); :func:`check_update` refuses the rest.
+
+Feature policies: an MDP with ``features`` ``[S, A, d]`` (:attr:`TabularMDP.features`,
+e.g. ``zoo.short_corridor``) is ascended in ``theta [d]`` with
+``logits = phi theta`` (:mod:`pglab.tabular.features`); ``logits0`` is then ``theta_0 [d]``.
+A sampled gradient is mapped by the chain rule, ``ghat_theta = sum_{s,a} ghat[s, a]
+phi(s, a)`` (exact for every estimator: ``grad_theta log pi = phi^T grad_logits log pi``).
+
 Divergence: a non-finite gradient or non-finite new logits end the run cleanly with
 ``status="diverged"`` and collapse reason ``"non_finite"`` (the logits stay at their last
 finite value).
@@ -33,13 +54,16 @@ import torch
 from pglab import checks, estimators
 from pglab.collapse import CollapseConfig, CollapseDetector
 from pglab.result import TrainResult
-from pglab.tabular import estimates, exact
+from pglab.tabular import estimates, exact, natural
+from pglab.tabular.features import check_theta, feature_logits
 from pglab.tabular.mdp import TabularMDP
 from pglab.tabular.policy import check_logits, entropy
 from pglab.threads import thread_invariant
 
 __all__ = [
     "GRADIENT_EXACT",
+    "UPDATE_RULES",
+    "check_update",
     "iteration_seed",
     "optimal_action_mask",
     "tabular_ascent",
@@ -47,6 +71,30 @@ __all__ = [
 ]
 
 GRADIENT_EXACT = "exact"
+#: The update rules :func:`tabular_ascent` runs (PPO: :mod:`pglab.gym.updates` only).
+UPDATE_RULES: tuple[str, ...] = natural.EXACT_RULES  # ("pg", "npg", "trpo")
+
+
+def check_update(update: str, gradient: str) -> str:
+    """``update`` if :func:`tabular_ascent` builds it with ``gradient``, else ConfigError.
+
+    ``ppo`` is not built here (a clipped surrogate over sampled steps: run it with
+    ``experiments/cartpole.py``); ``npg`` and ``trpo`` need ``gradient="exact"`` (their
+    sampled versions run on a gym environment, :mod:`pglab.gym.updates`).
+    """
+    if update == "ppo":
+        raise checks.ConfigError(
+            "update=ppo is not built for tabular ascent (PPO re-uses sampled steps; run it "
+            "with experiments/cartpole.py); tabular ascent takes update=pg|npg|trpo"
+        )
+    checks.one_of("update", update, UPDATE_RULES)
+    if update != "pg" and gradient != GRADIENT_EXACT:
+        raise checks.ConfigError(
+            f"update={update} with gradient={gradient} (sampled) is not built for tabular "
+            f"ascent: {update} runs here on the exact gradient and Fisher (gradient=exact); "
+            "sampled NPG/TRPO run with experiments/cartpole.py"
+        )
+    return update
 
 
 def iteration_seed(seed: int, iteration: int) -> int:
@@ -132,13 +180,18 @@ def tabular_ascent(
     seed: int = 0,
     detector: CollapseDetector | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    update: str = "pg",
+    backtrack: float = 0.5,
+    max_backtracks: int = 10,
 ) -> TrainResult:
     """Gradient ascent theta <- theta + alpha ghat on a tabular softmax policy.
 
     Args:
-        mdp: the MDP.
-        logits0: initial logits theta_0 ``[S, A]`` (copied; never modified).
-        step_size: alpha, finite and > 0.
+        mdp: the MDP; with ``mdp.features`` the policy is the feature policy of
+            ``theta [d]`` (module docstring).
+        logits0: initial logits theta_0 ``[S, A]``, or ``theta_0 [d]`` when the MDP has
+            features (copied; never modified).
+        step_size: the rule's step (alpha, eta, or delta in nats for trpo), finite and > 0.
         n_iterations: K >= 1 updates.
         gradient: ``"exact"`` or an estimator name from ``estimators.ESTIMATORS``.
         n_trajectories: N >= 1 trajectories per iteration; required for an estimator,
@@ -147,10 +200,13 @@ def tabular_ascent(
         detector: collapse detector; ``None`` uses ``tabular_collapse_config(mdp)``
             (thresholds relative to the best stationary return).
         callback: called with each iteration's metrics dict.
+        update: ``"pg"``, ``"npg"`` or ``"trpo"`` (module docstring; :func:`check_update`).
+        backtrack, max_backtracks: TRPO's line search (:func:`natural.trpo_step`).
 
     Returns:
         :class:`pglab.result.TrainResult` with ``return_key="expected_return"`` and
-        ``final_params={"logits": theta_K}``. history[k] describes theta_k and the step
+        ``final_params={"logits": theta_K}`` (with features: ``{"theta": theta_K,
+        "logits": phi theta_K}``). history[k] describes theta_k and the step
         taken from it:
 
         * ``iteration``: k.
@@ -173,7 +229,13 @@ def tabular_ascent(
           where A*_t(s) is the set of optimal actions at (t, s) (:func:`optimal_action_mask`)
           and d_t the exact occupancy under pi_k. 1 means the policy only ever takes
           optimal actions. NaN if only terminal states are reachable.
-        * ``grad_norm``: ||ghat_k||_2; ``exact_grad_norm``: ||dJ/dtheta(theta_k)||_2.
+        * ``grad_norm``: ||ghat_k||_2; ``exact_grad_norm``: ||dJ/dtheta(theta_k)||_2 (in
+          theta's space: ``[d]`` with features).
+        * ``kl``: exact mean KL(pi_k || pi_{k+1}) over the states pi_k visits
+          (:func:`natural.mean_kl`); ``step_norm``: ||theta_{k+1} - theta_k||_2 (both NaN
+          when no update was applied).
+        * ``backtracks``, ``accepted``: TRPO's shrinks taken and 1/0 whether a step was
+          accepted (theta stays otherwise); NaN for the other rules.
         * ``collapsed`` (the detector's verdict as of iteration k: stuck over the last
           window, or diverged; cleared when a stuck run climbs out), ``diverged``.
 
@@ -191,7 +253,14 @@ def tabular_ascent(
         checks.one_of("gradient", gradient, (GRADIENT_EXACT, *estimators.ESTIMATORS))
         n_trajectories = checks.positive_int("n_trajectories", n_trajectories)
     seed = checks.seed("seed", seed)
-    theta = check_logits(logits0, mdp.n_states, mdp.n_actions).detach().clone()
+    check_update(update, gradient)
+    backtrack = checks.real("backtrack", backtrack, 0.0, 1.0, low_open=True, high_open=True)
+    max_backtracks = checks.integer("max_backtracks", max_backtracks, minimum=0)
+    phi = mdp.features
+    if phi is None:
+        theta = check_logits(logits0, mdp.n_states, mdp.n_actions).detach().clone()
+    else:
+        theta = check_theta(logits0, int(phi.shape[2])).detach().clone()
     if detector is not None:
         checks.instance("detector", detector, CollapseDetector)
 
@@ -209,7 +278,8 @@ def tabular_ascent(
     status = "complete"
 
     for k in range(n_iterations):
-        solution = exact._solve(mdp, theta)
+        logits = theta if phi is None else feature_logits(phi, theta)
+        solution = exact._solve(mdp, logits)
         pi = solution.policy  # [S, A]
         weight = solution.occupancy * live  # [T, S]: d_t(s) on real decisions
         total = float(weight.sum())
@@ -217,20 +287,44 @@ def tabular_ascent(
         ent = float((weight * h).sum() / total) if total > 0 else math.nan
         ent_states = float((h * live).sum() / live.sum()) if live.sum() > 0 else math.nan
         p_opt = float((weight * (optimal * pi).sum(-1)).sum() / total) if total > 0 else math.nan
+        exact_gradient = solution.gradient
+        if phi is not None:  # chain rule through logits = phi theta
+            exact_gradient = torch.einsum("sa,sak->k", solution.gradient, phi)
 
         if gradient == GRADIENT_EXACT:
-            g = solution.gradient
+            g = exact_gradient
         else:
             samples = estimates._sample_gradients(
-                mdp, theta, n_trajectories, gradient, iteration_seed(seed, k)
+                mdp, logits, n_trajectories, gradient, iteration_seed(seed, k)
             )
             g = torch.as_tensor(samples, dtype=torch.float64).mean(dim=0)  # [S, A]
+            if phi is not None:
+                g = torch.einsum("sa,sak->k", g, phi)
 
         finite = bool(torch.isfinite(g).all())
+        kl = step_norm = backtracks = accepted = math.nan
         if finite:
-            new_theta = theta + step_size * g  # theta_{k+1} = theta_k + alpha ghat_k
+            if update == "pg":
+                new_theta = theta + step_size * g  # theta_{k+1} = theta_k + alpha ghat_k
+            elif update == "npg":
+                new_theta = natural.npg_step(mdp, theta, step_size, features=phi)
+            else:
+                step = natural.trpo_step(
+                    mdp,
+                    theta,
+                    step_size,
+                    features=phi,
+                    backtrack=backtrack,
+                    max_backtracks=max_backtracks,
+                )
+                new_theta = step.theta
+                accepted = float(step.accepted)
+                backtracks = float(len(step.trials) - 1 if step.accepted else max_backtracks)
             finite = bool(torch.isfinite(new_theta).all())
             if finite:
+                new_logits = new_theta if phi is None else feature_logits(phi, new_theta)
+                kl = natural._mean_kl(mdp, solution, logits, new_logits)
+                step_norm = float((new_theta - theta).norm())
                 theta = new_theta
 
         collapse = detector.update(k, solution.expected_return, ent, finite, n_episodes=1)
@@ -245,7 +339,11 @@ def tabular_ascent(
             "entropy_states": ent_states,
             "p_optimal": p_opt,
             "grad_norm": float(g.norm()),
-            "exact_grad_norm": float(solution.gradient.norm()),
+            "exact_grad_norm": float(exact_gradient.norm()),
+            "kl": kl,
+            "step_norm": step_norm,
+            "backtracks": backtracks,
+            "accepted": accepted,
             "collapsed": collapse.collapsed,
             "diverged": not finite,
         }
@@ -260,6 +358,10 @@ def tabular_ascent(
         history=history,
         status=status,
         collapse=detector.status,
-        final_params={"logits": theta.clone()},
+        final_params=(
+            {"logits": theta.clone()}
+            if phi is None
+            else {"theta": theta.clone(), "logits": feature_logits(phi, theta)}
+        ),
         return_key="expected_return",
     )

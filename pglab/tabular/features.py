@@ -261,7 +261,7 @@ def short_corridor(horizon: int = 200, gamma: float = 1.0) -> tuple[TabularMDP, 
     finite-horizon ``J`` is above the textbook value. ``gamma`` is 1 in the textbook.
 
     Returns:
-        ``(mdp, features [4, 2, 2])``.
+        ``(mdp, features [4, 2, 2])``; the MDP also carries them (``mdp.features``).
     """
     horizon = checks.positive_int("horizon", horizon)
     left, right = 0, 1
@@ -275,6 +275,9 @@ def short_corridor(horizon: int = 200, gamma: float = 1.0) -> tuple[TabularMDP, 
     rewards = torch.full((4, 2), -1.0, dtype=torch.float64)
     rewards[goal] = 0.0
     terminal = np.array([False, False, False, True])
+    features = torch.zeros(4, 2, 2, dtype=torch.float64)
+    features[:, right, 0] = 1.0
+    features[:, left, 1] = 1.0
     mdp = TabularMDP(
         transitions=transitions,
         rewards=rewards,
@@ -285,8 +288,6 @@ def short_corridor(horizon: int = 200, gamma: float = 1.0) -> tuple[TabularMDP, 
         name="short_corridor",
         state_names=("s1", "s2_swapped", "s3", "goal"),
         action_names=("left", "right"),
+        features=features,
     )
-    features = torch.zeros(4, 2, 2, dtype=torch.float64)
-    features[:, right, 0] = 1.0
-    features[:, left, 1] = 1.0
     return mdp, features

@@ -87,7 +87,15 @@ MAX_NPZ_BYTES = 2**30
 MAX_YAML_BYTES = 2**24
 
 _REQUIRED_FILE_KEYS = ("horizon", "initial", "transitions", "rewards")
-_OPTIONAL_FILE_KEYS = ("name", "gamma", "terminal", "states", "actions", "transition_rewards")
+_OPTIONAL_FILE_KEYS = (
+    "name",
+    "gamma",
+    "terminal",
+    "states",
+    "actions",
+    "transition_rewards",
+    "features",
+)
 
 
 def _fmt(value: float) -> str:
@@ -198,6 +206,11 @@ class TabularMDP:
             given, so the exact oracle sees exactly the ``r`` it was given). Terminal
             ``s`` must have ``R(s, a, s') = 0`` wherever ``P(s' | s, a) > 0``. Entries
             with ``P(s' | s, a) = 0`` are never paid and are kept as given.
+        features: optional ``[S, A, d]`` finite feature vectors ``phi(s, a)`` (``d >= 1``)
+            of a linear-softmax policy ``pi(a|s) = softmax_a(theta . phi(s, a))``
+            (:mod:`pglab.tabular.features`); ``None`` (default): the policy is the
+            tabular softmax with one logit per ``(s, a)``. They describe the policy class
+            the MDP is meant for, not its dynamics: the oracle and the samplers ignore them.
 
     Raises:
         ValueError: on any malformed field, naming the field, the index and the value, e.g.
@@ -217,6 +230,7 @@ class TabularMDP:
     name: str
     state_names: tuple[str, ...] | None
     action_names: tuple[str, ...] | None
+    features: torch.Tensor | None
 
     @thread_invariant
     def __init__(
@@ -231,6 +245,7 @@ class TabularMDP:
         state_names: Sequence[str] | None = None,
         action_names: Sequence[str] | None = None,
         transition_rewards: Any = None,
+        features: Any = None,
     ) -> None:
         tol = PROBABILITY_TOLERANCE
 
@@ -337,6 +352,19 @@ class TabularMDP:
         states = self._check_names("state_names", state_names, n_states)
         actions = self._check_names("action_names", action_names, n_actions)
 
+        # --- features phi(s, a) [S, A, d] ----------------------------------------------
+        phi = None
+        if features is not None:
+            phi = _to_float64("features", features)
+            if phi.dim() != 3 or tuple(phi.shape[:2]) != (n_states, n_actions) or phi.shape[2] < 1:
+                raise ValueError(
+                    f"features must have shape [S, A, d] = [{n_states}, {n_actions}, d >= 1], "
+                    f"got shape {_shape(phi.shape)}"
+                )
+            if not bool(torch.isfinite(phi).all()):
+                bad = tuple(int(i) for i in torch.nonzero(~torch.isfinite(phi))[0])
+                raise ValueError(f"features{list(bad)} = {float(phi[bad])} is not finite")
+
         self.transitions = p
         self.rewards = r
         self.transition_rewards = big_r
@@ -347,6 +375,7 @@ class TabularMDP:
         self.name = name
         self.state_names = states
         self.action_names = actions
+        self.features = phi
 
     @staticmethod
     def _check_names(field: str, names: Sequence[str] | None, n: int) -> tuple[str, ...] | None:
@@ -401,6 +430,7 @@ class TabularMDP:
             "name": self.name,
             "state_names": self.state_names,
             "action_names": self.action_names,
+            "features": self.features,
         }
         unknown = sorted(set(changes) - set(fields))
         if unknown:
@@ -616,6 +646,7 @@ class TabularMDP:
             terminal: [3]              # optional: state indices, or [S] booleans
             states: [start, goal]      # optional [S] state names
             actions: [stay, go]        # optional [A] action names
+            features: ...              # optional [S][A][d] phi(s,a) of a feature policy
 
         Rewards ``[S][A][S]`` are the realized ``R(s, a, s')``: they become
         ``transition_rewards`` and ``r`` is their expectation. ``transition_rewards`` with
@@ -695,6 +726,7 @@ class TabularMDP:
             state_names=data.get("states"),
             action_names=data.get("actions"),
             transition_rewards=data.get("transition_rewards"),
+            features=data.get("features"),
         )
 
     def to_file(self, path: str | Path) -> None:
@@ -727,6 +759,8 @@ class TabularMDP:
                 data["states"] = list(self.state_names)
             if self.action_names is not None:
                 data["actions"] = list(self.action_names)
+            if self.features is not None:
+                data["features"] = self.features.tolist()
             with path.open("w", encoding="utf-8") as handle:
                 yaml.safe_dump(data, handle, sort_keys=False, default_flow_style=None)
         elif suffix == ".npz":
@@ -745,6 +779,8 @@ class TabularMDP:
                 arrays["states"] = np.array(self.state_names, dtype=np.str_)
             if self.action_names is not None:
                 arrays["actions"] = np.array(self.action_names, dtype=np.str_)
+            if self.features is not None:
+                arrays["features"] = self.features.numpy()
             with path.open("wb") as handle:
                 np.savez(handle, **arrays)
         else:

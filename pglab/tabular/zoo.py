@@ -30,6 +30,7 @@ __all__ = [
     "garnet",
     "gridworld",
     "make",
+    "short_corridor",
     "taxi",
     "two_state",
 ]
@@ -469,6 +470,31 @@ def taxi(
     )
 
 
+def short_corridor(horizon: int = 200, gamma: float = 1.0) -> TabularMDP:
+    """Sutton & Barto's short corridor with switched actions (Example 13.1), with features.
+
+    States: ``0, 1, 2`` along a corridor and ``3 = goal`` (terminal); start in 0.
+    Actions: ``0 = left``, ``1 = right``; in state 1 they are swapped (right moves back to
+    0, left on to 2); left in 0 hits the wall; right in 2 reaches the goal. Reward ``-1``
+    per step until the goal; the episode ends there or after ``horizon`` decisions.
+    Features: ``phi(s, right) = [1, 0]``, ``phi(s, left) = [0, 1]`` in every state
+    (``mdp.features`` ``[4, 2, 2]``), so every state has the same policy
+    ``p = pi(right) = sigmoid(theta_0 - theta_1)``.
+
+    Why: the agent cannot tell the states apart, and every deterministic policy never
+    reaches the goal; the best policy is stochastic, ``p* = 2 - sqrt(2)`` with value
+    ``-(6 + 4 sqrt(2)) = -11.657`` (matched to 6.6e-9 at the default horizon 200), a case
+    only a policy sharing parameters across states can express. ``tabular_ascent``
+    ascends ``theta [2]``; the exact oracle's "stationary optimum" (best tabular policy,
+    which tells the states apart: ``-3``) is not reachable with these features. The
+    specification and the closed form live in :func:`pglab.tabular.features.short_corridor`.
+    """
+    from pglab.tabular import features as feature_policies  # features imports this module's MDP
+
+    mdp, _ = feature_policies.short_corridor(horizon=horizon, gamma=gamma)
+    return mdp
+
+
 def file(path: str | Path) -> TabularMDP:
     """Load an MDP from a ``.yaml`` or ``.npz`` file; see ``TabularMDP.from_file``."""
     return TabularMDP.from_file(path)
@@ -485,6 +511,7 @@ _REGISTRY: dict[str, Callable[..., TabularMDP]] = {
     "frozenlake": frozenlake,
     "cliffwalking": cliffwalking,
     "taxi": taxi,
+    "short_corridor": short_corridor,
     "file": file,
 }
 
