@@ -255,6 +255,15 @@ def upgrade_table(experiment: str, stem: str, frame: pd.DataFrame) -> pd.DataFra
     return frame
 
 
+def upgrade_config(experiment: str, config: dict[str, Any]) -> dict[str, Any]:
+    """A job's config written before issue 10 as the current one: ``cartpole`` and
+    ``tabular_ascent`` runs without an ``update`` group ran ``update=pg``, whose group is
+    ``{"name": "pg"}`` (so old and new pg runs pool into the same cells)."""
+    if experiment in ADDED_COLUMNS and "update" not in config:
+        return {**config, "update": {"name": ADDED_COLUMNS[experiment]["update"]}}
+    return config
+
+
 def missing_columns(experiment: Experiment, stem: str, frame: pd.DataFrame) -> list[str]:
     """Columns table ``stem`` of ``experiment`` must hold (identity, index, columns) but lacks."""
     table = experiment.table(stem)
@@ -472,7 +481,12 @@ def load_results(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Resu
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
     jobs, skipped, searched = _collect_jobs(paths)
-    flat = {str(d): flatten_config(meta.get("config") or {}) for d, meta, _ in jobs}
+    flat = {
+        str(d): flatten_config(
+            upgrade_config(str(meta.get("experiment")), meta.get("config") or {})
+        )
+        for d, meta, _ in jobs
+    }
     experiments = sorted({str(meta.get("experiment")) for _, meta, _ in jobs})
     varying = {
         exp: varying_keys(

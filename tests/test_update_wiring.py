@@ -321,3 +321,29 @@ def test_results_stored_before_the_update_rules_still_load_as_update_pg(experime
             assert new[column].isna().all()
         current = pd.DataFrame({c: [2.0] for c in required}).assign(update="trpo")
         assert upgrade_table(experiment, table.stem, current).equals(current)
+
+
+def test_a_pg_job_finished_before_the_update_group_is_the_same_job():
+    """Resume: update=pg is bit-identical to the code before the group, so the hash that
+    job got (its config had no update key) is one of the current job's hashes; a job of
+    another rule is never matched to it."""
+    from pglab_jobs.metadata import job_hash, job_hashes
+
+    before = {"seed": 0, "step_size": 0.01, "threads": 1, "paths": {"output_dir": "x"}}
+    pg = {**before, "update": {"name": "pg"}}
+    assert job_hash(before) in job_hashes(pg)
+    assert job_hash(pg) == job_hashes(pg)[0]
+    trpo = {**before, "update": {"name": "trpo", "backtrack": 0.5}}
+    assert job_hash(before) not in job_hashes(trpo)
+
+
+def test_a_config_without_the_update_group_reads_as_update_pg():
+    from analysis.load import flatten_config, upgrade_config
+
+    old = {"seed": 0, "step_size": 0.01}
+    new = {**old, "update": {"name": "pg"}}
+    for experiment in ("cartpole", "tabular_ascent"):
+        assert flatten_config(upgrade_config(experiment, old)) == flatten_config(new)
+    assert upgrade_config("estimator_variance", old) == old
+    trpo = {**old, "update": {"name": "trpo"}}
+    assert upgrade_config("cartpole", trpo) == trpo

@@ -82,12 +82,19 @@ def job_hash(config: dict[str, Any], exclude: tuple[str, ...] = NON_SEMANTIC_KEY
 
 
 def job_hashes(config: dict[str, Any]) -> tuple[str, ...]:
-    """The job's hash, then the hash the same job got before ``threads`` became non-semantic.
+    """The job's hash, then the hashes the same job got before ``threads`` became
+    non-semantic and, for ``update=pg``, before the ``update`` group existed (issue 10).
 
-    A finished job recorded under either is the same computation (its results did not
-    depend on the thread count), so sweeps run before the change resume without re-running.
+    A finished job recorded under any of them is the same computation (its results did
+    not depend on the thread count; ``update=pg`` reproduces the earlier code bit for bit,
+    tests/test_update_wiring.py), so sweeps run before the change resume without
+    re-running; ``analysis.load`` reads their tables as ``update=pg``.
     """
-    return (job_hash(config), job_hash(config, _LEGACY_NON_SEMANTIC_KEYS))
+    hashes = [job_hash(config), job_hash(config, _LEGACY_NON_SEMANTIC_KEYS)]
+    if config.get("update") == {"name": "pg"}:
+        before = {k: v for k, v in config.items() if k != "update"}
+        hashes += [job_hash(before), job_hash(before, _LEGACY_NON_SEMANTIC_KEYS)]
+    return tuple(dict.fromkeys(hashes))
 
 
 def base_metadata(experiment: str, config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
