@@ -347,3 +347,31 @@ def test_a_config_without_the_update_group_reads_as_update_pg():
     assert upgrade_config("estimator_variance", old) == old
     trpo = {**old, "update": {"name": "trpo"}}
     assert upgrade_config("cartpole", trpo) == trpo
+
+
+def test_stepsize_grid_preset_sweeps_every_rule_over_n_and_its_step():
+    """experiment=stepsize_grid: 4 rules x 3 N x 4 steps x 3 seeds, each a valid job, and
+    its per-rule override (the preset's second command) passes the pre-flight."""
+    from hydra import compose, initialize_config_dir
+    from pglab_jobs import cli, config
+
+    validate = config.VALIDATORS["cartpole"][1]
+    cli.check_command_line("cartpole", validate, ["-m", "experiment=stepsize_grid"])
+    line = ["-m", "experiment=stepsize_grid", "update=trpo", "step_size=0.003,0.01,0.03"]
+    cli.check_command_line("cartpole", validate, line)
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("cartpole", overrides=["experiment=stepsize_grid"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert str(params["update"]).split(",") == ["pg", "npg", "trpo", "ppo"]
+    sizes = [len(str(params[k]).split(",")) for k in ("update", "n_trajectories", "step_size")]
+    assert sizes == [4, 3, 4] and len(str(params.seed).split(",")) == 3
+    for rule in ("pg", "npg", "trpo", "ppo"):
+        for step in str(params.step_size).split(","):
+            with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+                job = compose(
+                    "cartpole",
+                    overrides=["experiment=stepsize_grid", f"update={rule}", f"step_size={step}"],
+                )
+            settings = validate(job)
+            assert settings.update.name == rule and settings.budget.env_steps == 50000
