@@ -232,7 +232,7 @@ def test_truncated_parquet_is_skipped_warned_and_listed(sweeps, tmp_path, capsys
     thin = pd.read_csv(out / "tables" / "under_seeded_cells.csv")
     # the cell as the returns table names it (the collapse table has the same cells)
     expected_cell = (
-        f"env_id={cell['env_id']}, estimator={cell['estimator']}, "
+        f"env_id={cell['env_id']}, estimator={cell['estimator']}, update={cell['update']}, "
         f"optimizer={cell['optimizer']}, n_trajectories={cell['n_trajectories']}, "
         f"step_size={cell['step_size']:g}"
     )
