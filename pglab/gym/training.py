@@ -10,6 +10,12 @@ One iteration k:
 5. metrics: returns, entropy and KL(pi_k || pi_{k+1}) on the batch's states, gradient norm,
    optionally the gradient variance, and the collapse detector's verdict (stuck now?).
 
+Update rules (``TrainConfig.update``, issue 10): ``"pg"`` is steps 3-4 above; ``"npg"``,
+``"trpo"`` and ``"ppo"`` replace them by :class:`pglab.gym.updates.UpdateRule` (built once
+per run), which forms ghat_N from the same batch and weights, updates the policy in place
+and reports the KL, the step's norm and its diagnostics (``step_size`` is then eta, delta
+or PPO's learning rate). Every rule's row records ``kl`` and ``step_norm``.
+
 Only ``"sgd"`` is the textbook rule; ``"momentum"`` and ``"adam"`` apply
 ``torch.optim.SGD(momentum=...)`` / ``torch.optim.Adam`` (default betas and eps) with
 learning rate alpha to the same surrogate, for comparison.
