@@ -399,9 +399,8 @@ def train(
                 if finite:
                     with torch.no_grad():
                         log_pi_new = torch.log_softmax(policy(obs_real), dim=-1)
-                        # KL(pi_k || pi_{k+1}) = sum_a pi_k(a|s) (log pi_k(a|s) - log pi_{k+1}(a|s))
-                        terms = torch.where(pi_old > 0, pi_old * (log_pi_old - log_pi_new), 0.0)
-                        kl = float(terms.sum(-1).mean())
+                    # KL(pi_k || pi_{k+1}), mean over the batch's states, as every rule records
+                    kl = updates.batch_kl(log_pi_old, log_pi_new)
         else:
             # 3-4. the rule computes ghat_N itself and updates the policy in place; the
             # surrogate's value (at theta_k) is recorded as for pg
