@@ -305,10 +305,9 @@ def run_job(
         import torch  # not needed to skip a job
 
         torch.set_num_threads(threads)
-        meta = base_metadata(experiment, config, facts.overrides)
+        meta = base_metadata(experiment, config, facts.overrides, started_at=started_at)
         meta["sweep_name"] = cfg.get("sweep_name") if facts.multirun else None
         meta["run_dir"] = str(run_dir)
-        meta["started_at"] = started_at
         storage.write_json({**meta, "status": "running"}, run_dir / METADATA_FILE)
         _job_status(run_dir, "running")
         _set_aside_earlier_wandb_runs(run_dir)

@@ -97,7 +97,14 @@ def job_hashes(config: dict[str, Any]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(hashes))
 
 
-def base_metadata(experiment: str, config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def base_metadata(
+    experiment: str,
+    config: dict[str, Any],
+    overrides: list[str],
+    *,
+    started_at: str | None = None,
+) -> dict[str, Any]:
+    """What every job records; ``started_at`` defaults to now (ISO 8601, UTC, seconds)."""
     return {
         "experiment": experiment,
         "job_hash": job_hash(config),
@@ -107,5 +114,5 @@ def base_metadata(experiment: str, config: dict[str, Any], overrides: list[str])
         "versions": package_versions(),
         **git_state(),
         "hostname": socket.gethostname(),
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "started_at": started_at or datetime.now(UTC).isoformat(timespec="seconds"),
     }
