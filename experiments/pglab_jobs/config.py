@@ -157,11 +157,6 @@ def _step_size(name: str, value: Any) -> float:
     return checks.positive_real(name, value)
 
 
-def _gym_step_size(name: str, value: Any) -> float:
-    # Parameters are float32: alpha above float32's maximum overflows on the first update.
-    return checks.positive_real(name, value, maximum=checks.FLOAT32_MAX)
-
-
 def _open_unit(name: str, value: Any) -> float:
     return checks.real(name, value, 0.0, 1.0, low_open=True, high_open=True)
 
@@ -606,8 +601,8 @@ class CartPoleSettings(RunSettings):
     n_trajectories: int = key("N: complete episodes per update", checks.positive_int)
     step_size: float = key(
         "the rule's step: alpha (pg), eta (npg), delta (trpo), learning rate (ppo); "
-        "finite, > 0, <= float32's maximum",
-        _gym_step_size,
+        "finite, > 0, <= the optimizer's float32 bound (checked with the optimizer below)",
+        _step_size,
     )
     update: PGUpdateSettings = _update_field(
         "the update rule: update=pg|npg|trpo|ppo (conf/update/)"
@@ -638,7 +633,9 @@ def _check_cartpole(settings: CartPoleSettings) -> CartPoleSettings:
             f"{settings.update.name} takes its own steps"
             + (" (PPO's optimiser is update.optimizer)" if settings.update.name == "ppo" else "")
         )
-    limit = training.MAX_STEP_SIZE[settings.optimizer]  # Adam's first step is ~10 alpha
+    # Parameters are float32: a step above MAX_STEP_SIZE overflows on the first update
+    # (float32's maximum for sgd/momentum; Adam's first step is ~10 alpha).
+    limit = training.MAX_STEP_SIZE[settings.optimizer]
     if settings.step_size > limit:
         raise ConfigError(
             f"step_size must be <= {limit:g} with optimizer={settings.optimizer} "
