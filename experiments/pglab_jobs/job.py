@@ -250,19 +250,80 @@ def _is_config_error(error: BaseException, checking: bool) -> bool:
     )
 
 
-def run_job(
+@dataclass
+class OpenJob:
+    """A job past its checks and set-up (steps 1-3), waiting for its body's output."""
+
+    experiment: str
+    facts: _Facts
+    key: str
+    meta: dict[str, Any]
+    tracker: Tracker
+    context: JobContext
+    start: float  # perf_counter at the job's start
+
+
+def _end_of_job(facts: _Facts, key: str, status: str) -> None:
+    if facts.sweep_dir is None:
+        return
+    sweep_progress.record_job_end(facts.sweep_dir, key, status)
+    line = sweep_progress.sweep_line(facts.sweep_dir)
+    if line:
+        log.info("sweep %s: %s", facts.sweep_dir.name, line)
+
+
+def _job_failed(
+    error: BaseException,
+    experiment: str,
+    facts: _Facts,
+    key: str,
+    meta: dict[str, Any] | None,
+    tracker: Tracker | None,
+    checking: bool,
+    start: float,
+) -> str:
+    """Record ``error`` as the job's end; raise it in a single run, return "failed" in a sweep."""
+    run_dir = facts.run_dir
+    error_text = f"{type(error).__name__}: {error}"
+    config_error = _is_config_error(error, checking)
+    if meta is not None:
+        meta.update(
+            status="failed",
+            error=error_text,
+            finished_at=_now(),
+            wall_time_s=time.perf_counter() - start,
+        )
+    # A config error writes only the status: nothing else was written, and a
+    # finished job's metadata from an earlier run is not overwritten.
+    _record_failure(run_dir, meta, error_text)
+    if tracker is not None:
+        try:
+            tracker.finish(exit_code=1)
+        except Exception as finish_error:  # never hide the job's own error
+            log.warning("W&B finish failed: %s", finish_error)
+    if not facts.multirun or isinstance(error, KeyboardInterrupt | SystemExit):
+        raise error
+    # In a sweep, one failed job must not stop the others: log it, let the sweep go
+    # on, and let the end-of-sweep summary (callbacks.SweepSummary) report it.
+    if config_error:
+        log.error("%s config error in %s: %s", experiment, facts.name, error)
+    else:
+        log.error("%s failed in %s", experiment, run_dir, exc_info=error)
+    _end_of_job(facts, key, "failed")
+    return "failed"
+
+
+def open_job(
     cfg: DictConfig,
     experiment: str,
-    body: Callable[[JobContext], JobOutput],
     *,
     validate: Callable[[DictConfig], Any] | None = None,
     job_type: str | None = None,
-) -> str:
-    """Run ``body`` as one pglab job; return its status (see module docstring).
+) -> OpenJob | str:
+    """Steps 1-3 of the module docstring for the Hydra job now current.
 
-    ``validate(cfg)`` checks the whole config before anything is written and returns the
-    app's typed settings (``ctx.settings``); ``job_type`` labels the W&B run (default:
-    ``experiment``; the gymnasium app passes the env, e.g. ``"acrobot"``).
+    Returns the :class:`OpenJob` to run, or the job's final status when it ended here
+    (``"skipped"``: a finished twin exists; ``"failed"``: a config error in a sweep).
     """
     start = time.perf_counter()
     started_at = _now()
@@ -271,19 +332,8 @@ def run_job(
     sweep_dir = facts.sweep_dir
     key = sweep_progress.job_key(run_dir, facts.job_num)
     meta: dict[str, Any] | None = None
-    hashes: tuple[str, ...] = ()
-    config: dict[str, Any] | None = None
     tracker: Tracker | None = None
     checking = True
-
-    def end_of_job(status: str) -> None:
-        if sweep_dir is None:
-            return
-        sweep_progress.record_job_end(sweep_dir, key, status)
-        line = sweep_progress.sweep_line(sweep_dir)
-        if line:
-            log.info("sweep %s: %s", sweep_dir.name, line)
-
     try:
         settings = validate(cfg) if validate is not None else None
         threads = checks.positive_int("threads", cfg.get("threads", 1))
@@ -299,7 +349,7 @@ def run_job(
                 _best_effort(
                     JOB_STATUS_FILE, run_dir, lambda: _job_status(run_dir, "skipped", **extra)
                 )
-                end_of_job("skipped")
+                _end_of_job(facts, key, "skipped")
                 return "skipped"
 
         import torch  # not needed to skip a job
@@ -335,7 +385,19 @@ def run_job(
             settings=settings,
             show_bar=not facts.worker,
         )
-        output = body(context)
+    except BaseException as error:
+        return _job_failed(error, experiment, facts, key, meta, tracker, checking, start)
+    return OpenJob(experiment, facts, key, meta, tracker, context, start)
+
+
+def close_job(job: OpenJob, output: JobOutput | BaseException) -> str:
+    """Steps 4-5: write the body's ``output`` (or record the error it raised); the status."""
+    if isinstance(output, BaseException):
+        return _job_failed(
+            output, job.experiment, job.facts, job.key, job.meta, job.tracker, False, job.start
+        )
+    run_dir, meta, tracker = job.facts.run_dir, job.meta, job.tracker
+    try:
         # Writing results can fail too (disk full, a table pyarrow cannot store): that
         # must end as "failed" like an error in the body, never leave "running" behind.
         digests = {}
@@ -351,45 +413,45 @@ def run_job(
             result_files=list(digests),
             result_digests=digests,
             finished_at=_now(),
-            wall_time_s=time.perf_counter() - start,
+            wall_time_s=time.perf_counter() - job.start,
         )
         storage.write_json(meta, run_dir / METADATA_FILE)
         # The job is finished and says so; a status file that cannot be written now (disk
         # full) leaves "running" there, which the end-of-sweep summary counts as unfinished.
         _best_effort(JOB_STATUS_FILE, run_dir, lambda: _job_status(run_dir, output.status))
     except BaseException as error:
-        error_text = f"{type(error).__name__}: {error}"
-        config_error = _is_config_error(error, checking)
-        if meta is not None:
-            meta.update(
-                status="failed",
-                error=error_text,
-                finished_at=_now(),
-                wall_time_s=time.perf_counter() - start,
-            )
-        # A config error writes only the status: nothing else was written, and a
-        # finished job's metadata from an earlier run is not overwritten.
-        _record_failure(run_dir, meta, error_text)
-        if tracker is not None:
-            try:
-                tracker.finish(exit_code=1)
-            except Exception as finish_error:  # never hide the job's own error
-                log.warning("W&B finish failed: %s", finish_error)
-        if not facts.multirun or isinstance(error, KeyboardInterrupt | SystemExit):
-            raise
-        # In a sweep, one failed job must not stop the others: log it, let the sweep go
-        # on, and let the end-of-sweep summary (callbacks.SweepSummary) report it.
-        if config_error:
-            log.error("%s config error in %s: %s", experiment, facts.name, error)
-        else:
-            log.exception("%s failed in %s", experiment, run_dir)
-        end_of_job("failed")
-        return "failed"
+        return _job_failed(
+            error, job.experiment, job.facts, job.key, meta, tracker, False, job.start
+        )
 
     sync = tracker.finish()
-    wall = time.perf_counter() - start
-    log.info(closing_line(experiment, output.status, wall, output.summary, run_dir))
+    wall = time.perf_counter() - job.start
+    log.info(closing_line(job.experiment, output.status, wall, output.summary, run_dir))
     if sync:
         log.info("W&B offline run saved; to upload: %s", sync)
-    end_of_job(output.status)
+    _end_of_job(job.facts, job.key, output.status)
     return output.status
+
+
+def run_job(
+    cfg: DictConfig,
+    experiment: str,
+    body: Callable[[JobContext], JobOutput],
+    *,
+    validate: Callable[[DictConfig], Any] | None = None,
+    job_type: str | None = None,
+) -> str:
+    """Run ``body`` as one pglab job; return its status (see module docstring).
+
+    ``validate(cfg)`` checks the whole config before anything is written and returns the
+    app's typed settings (``ctx.settings``); ``job_type`` labels the W&B run (default:
+    ``experiment``; the gymnasium app passes the env, e.g. ``"acrobot"``).
+    """
+    job = open_job(cfg, experiment, validate=validate, job_type=job_type)
+    if isinstance(job, str):
+        return job
+    try:
+        output: JobOutput | BaseException = body(job.context)
+    except BaseException as error:
+        output = error
+    return close_job(job, output)
