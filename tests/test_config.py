@@ -224,7 +224,7 @@ def test_run_keys_are_checked_in_every_app(app, override, parts):
             ("env_id", "CartPol-v1", "did you mean 'CartPole-v1'"),
         ),
         ("cartpole", ("estimator=baseline_value",), ("baseline_value", "tabular")),
-        ("cartpole", ("optimizer=rmsprop",), ("optimizer", "rmsprop", "sgd")),
+        ("cartpole", ("optimizer=lbfgs",), ("optimizer", "lbfgs", "sgd")),
         ("cartpole", ("momentum=1",), ("momentum", "[0, 1)")),
         ("cartpole", ("budget.iterations=0",), ("budget.iterations", "0")),
         ("cartpole", ("budget.env_steps=1.5",), ("budget.env_steps", "1.5")),

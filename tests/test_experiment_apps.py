@@ -145,7 +145,7 @@ def test_mdp_from_file(tmp_path):
         ("estimator=baseline_value", ("baseline_value",)),
         ("env_id=NoSuchEnv-v0", ("NoSuchEnv-v0",)),
         ("env_id=CartPol-v1", ("CartPol-v1", "did you mean 'CartPole-v1'")),
-        ("optimizer=rmsprop", ("rmsprop",)),
+        ("optimizer=lbfgs", ("lbfgs",)),
         ("step_size=abc", ("step_size must be a number, got 'abc'",)),
         ("seed=abc", ("seed must be an integer, got 'abc'",)),
         ("threads=abc", ("threads must be a positive integer, got 'abc'",)),

@@ -87,8 +87,8 @@ def _run(config: TrainConfig, kind: str = "mlp", seed: int = 0, **kwargs) -> Tra
         ({"estimator": "vanilla"}, "unknown estimator 'vanilla'; choose one of: reinforce, "),
         ({"estimator": "baseline_value"}, "estimator='baseline_value' needs exact tabular values"),
         (
-            {"optimizer": "rmsprop"},
-            "unknown optimizer 'rmsprop'; choose one of: sgd, momentum, adam",
+            {"optimizer": "lbfgs"},
+            "unknown optimizer 'lbfgs'; choose one of: sgd, momentum, adam, rmsprop, adagrad",
         ),
         ({"gamma": 1.5}, r"gamma must be finite and in \[0, 1\], got 1.5"),
         ({"momentum": 1.0}, r"momentum must be finite and in \[0, 1\), got 1.0"),

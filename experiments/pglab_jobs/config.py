@@ -609,7 +609,9 @@ class CartPoleSettings(RunSettings):
     )
     estimator: str = key("the gradient estimator (not baseline_value)", _gym_estimator)
     gamma: float = key("discount inside the estimator, in [0, 1]", checks.discount)
-    optimizer: str = key("sgd | momentum | adam", _choice(training.OPTIMIZERS))
+    optimizer: str = key(
+        "update=pg only: sgd | momentum | adam | rmsprop | adagrad", _choice(training.OPTIMIZERS)
+    )
     momentum: float = key("used by optimizer=momentum, in [0, 1)", _half_open_unit)
     budget: BudgetSettings = group("when to stop", BudgetSettings)
     variance_every: int = key(
@@ -634,7 +636,7 @@ def _check_cartpole(settings: CartPoleSettings) -> CartPoleSettings:
             + (" (PPO's optimiser is update.optimizer)" if settings.update.name == "ppo" else "")
         )
     # Parameters are float32: a step above MAX_STEP_SIZE overflows on the first update
-    # (float32's maximum for sgd/momentum; Adam's first step is ~10 alpha).
+    # (float32's maximum for sgd/momentum/adagrad; Adam's and RMSprop's first step is ~10 alpha).
     limit = training.MAX_STEP_SIZE[settings.optimizer]
     if settings.step_size > limit:
         raise ConfigError(

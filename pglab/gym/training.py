@@ -72,15 +72,24 @@ __all__ = [
     "train",
 ]
 
-OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam")
+#: ``optimizer=`` of ``update="pg"``: the textbook step (``sgd``), heavy-ball momentum, and
+#: the adaptive learning rates (per-coordinate steps scaled by a running gradient size):
+#: ``adam``, ``rmsprop`` (``torch.optim.RMSprop``, smoothing 0.99, eps 1e-8) and ``adagrad``
+#: (``torch.optim.Adagrad``, eps 1e-10), all with their torch defaults and learning rate alpha.
+OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam", "rmsprop", "adagrad")
 #: Largest step size per optimizer: the parameters are float32, and a step above float32's
 #: maximum cannot even be applied (``p.add_`` refuses it). Adam's first step is
 #: ``alpha / (1 - beta1) = 10 alpha`` (bias correction, default ``beta1 = 0.9``), hence
-#: 3.4e37 (just below float32's maximum / 10).
+#: 3.4e37 (just below float32's maximum / 10). RMSprop's first step is
+#: ``alpha g / sqrt((1 - 0.99) g^2) = 10 alpha`` per coordinate (and never more: its running
+#: mean of g^2 is at least 0.01 g_k^2), hence the same bound; Adagrad's steps are
+#: ``alpha g_k / sqrt(sum_j g_j^2) <= alpha``.
 MAX_STEP_SIZE: dict[str, float] = {
     "sgd": checks.FLOAT32_MAX,
     "momentum": checks.FLOAT32_MAX,
     "adam": 3.4e37,
+    "rmsprop": 3.4e37,
+    "adagrad": checks.FLOAT32_MAX,
 }
 # Estimators that need exact tabular values and therefore cannot run on a gym environment.
 TABULAR_ONLY_ESTIMATORS: tuple[str, ...] = ("baseline_value",)
@@ -248,6 +257,12 @@ def _make_optimizer(config: TrainConfig, params: list[Tensor]) -> torch.optim.Op
         return torch.optim.SGD(params, lr=config.step_size, momentum=config.momentum)
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.step_size)
+    # rmsprop: v <- 0.99 v + 0.01 g^2, theta <- theta - alpha g / (sqrt(v) + eps)
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=config.step_size)
+    # adagrad: G <- G + g^2, theta <- theta - alpha g / (sqrt(G) + eps)
+    if config.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=config.step_size)
     return None  # "sgd": the explicit update below
 
 
