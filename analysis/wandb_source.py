@@ -8,28 +8,38 @@ runs       one row per run: ``run_id, name, group, job_type, project, state``, .
 config     one row per run: ``run_id`` + the config flattened with dots
 summary    one row per run: ``run_id`` + the final summary flattened with dots
 history    one row per (run, logged step): ``run_id, _step`` + each logged key
+metrics    one row per ``define_metric``: ``run_id, name, glob_name, step_metric``
+           (offline runs only; e.g. ``glob_name="*"``, ``step_metric="env_steps"``)
 table/KEY  offline runs only: every ``wandb.Table`` logged under KEY (e.g. the
            estimator study's ``results``), rows of all runs with a ``run_id`` column
 skipped    ``path, reason`` for offline files that could not be read
 =========  ==================================================================
 
-Offline runs (``wandb/offline-run-*/run-*.wandb``) are decoded by the W&B CLI itself,
-``wandb leet inspect --json FILE`` (one JSON record per line; wandb 0.31 has no Python
-reader of the transaction log). The records used are ``run`` (initial config, name,
-group, job_type), ``config`` (later config updates), ``history`` (``item``: the logged
-keys, ``step.num``), ``summary`` (``update`` / ``remove``) and ``exit`` (``exit_code``).
-W&B writes non-finite floats as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``;
+Offline runs (``wandb/offline-run-*/run-*.wandb``) are read in-process (:func:`read_records`,
+about 10 ms per run): the file is W&B's transaction log, a LevelDB-style log (a 7-byte
+``:W&B`` header, then 32 KiB blocks of chunks with a 7-byte header each: CRC-32C, length,
+type ``FULL``/``FIRST``/``MIDDLE``/``LAST``) whose payloads are ``wandb.proto``
+``Record`` messages. wandb 0.31 ships no Python reader of it (only ``wandb leet inspect
+--json FILE``, a subprocess of about 1 s per run); the records are given the shape that
+command prints. The records used are ``run`` (initial config, name, group, job_type),
+``config`` (later config updates), ``history`` (``item``: the logged keys, ``step.num``),
+``summary`` (``update`` / ``remove``), ``metric`` (``define_metric``: ``name`` or
+``glob_name``, ``step_metric``), ``files`` (files saved to the run) and ``exit``
+(``exit_code``). W&B writes non-finite floats as ``NaN``, ``Infinity``, ``-Infinity``;
 they are decoded back to floats.
+
+A pglab job attaches its own results to its run (:data:`JOB_BUNDLE`, a zip of its
+``metadata.json`` and parquet files, in the run's ``files/``): :func:`load_wandb_results`
+reads them back into the same :class:`analysis.load.Results` as the parquet loader, from
+offline run directories or from a project through the API.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +48,7 @@ import pandas as pd
 from analysis.load import ResultFileWarning, flatten_config
 
 NON_FINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+METRIC_COLUMNS = ["run_id", "name", "glob_name", "step_metric"]
 RUN_COLUMNS = [
     "run_id",
     "name",
@@ -87,44 +98,146 @@ def find_offline_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return sorted(found)
 
 
-def inspect_records(file: str | os.PathLike, timeout: float = 120.0) -> list[dict]:
-    """The records of one ``.wandb`` file, from ``wandb leet inspect --json FILE``.
+#: The transaction log's file header: magic ``:W&B``, ident 0xBEE1 (little-endian), version 0.
+LOG_HEADER = b":W&B\xe1\xbe\x00"
+LOG_BLOCK = 32 * 1024  # LevelDB log block size: a chunk never crosses a block boundary
+CHUNK_HEADER = 7  # CRC-32C (4 bytes), payload length (2, little-endian), type (1)
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
-    Raises ``RuntimeError`` when the command fails (e.g. a damaged file).
+
+def log_payloads(data: bytes) -> Iterator[bytes]:
+    """The records of a W&B transaction log (the bytes of a ``.wandb`` file), in order.
+
+    Chunks are reassembled (``FIRST`` + ``MIDDLE``... + ``LAST``); a truncated last record
+    (a run still writing, or killed) ends the iteration. CRCs are not checked: a damaged
+    record fails to parse instead. Raises ``ValueError`` for a file without the W&B header.
     """
-    command = [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(file)]
-    proc = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "WANDB_SILENT": "true"},
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"`wandb leet inspect --json {file}` exited {proc.returncode}: "
-            f"{(proc.stderr or proc.stdout).strip()[-500:]}"
-        )
+    if not data.startswith(LOG_HEADER):
+        raise ValueError(f"not a W&B transaction log (header {data[:7]!r})")
+    offset, pending = len(LOG_HEADER), bytearray()
+    while offset + CHUNK_HEADER <= len(data):
+        room = LOG_BLOCK - offset % LOG_BLOCK
+        if room < CHUNK_HEADER:  # the block's tail is zero padding
+            offset += room
+            continue
+        length = int.from_bytes(data[offset + 4 : offset + 6], "little")
+        kind = data[offset + 6]
+        start = offset + CHUNK_HEADER
+        if kind == 0 and length == 0:  # zero padding (preallocated tail)
+            offset += room
+            continue
+        if start + length > len(data):
+            return
+        payload = data[start : start + length]
+        offset = start + length
+        if kind == FULL:
+            yield bytes(payload)
+        elif kind == FIRST:
+            pending = bytearray(payload)
+        elif kind in (MIDDLE, LAST):
+            pending += payload
+            if kind == LAST:
+                yield bytes(pending)
+                pending = bytearray()
+
+
+def _json_value(text: str) -> Any:
+    return json.loads(text) if text else None  # json reads NaN, Infinity, -Infinity
+
+
+def _nest(target: dict, item: Any) -> None:
+    """Put a ``{key | nested_key, value_json}`` item into ``target`` (nested keys nested)."""
+    keys = list(item.nested_key) or [item.key]
+    for key in keys[:-1]:
+        target = target.setdefault(key, {})
+        if not isinstance(target, dict):
+            return
+    target[keys[-1]] = _json_value(item.value_json)
+
+
+def _items(items: Iterable[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        _nest(out, item)
+    return out
+
+
+def _removed(items: Iterable[Any]) -> list[dict[str, Any]]:
+    return [{"key": i.key} if i.key else {"nested_key": list(i.nested_key)} for i in items]
+
+
+def _record_dict(record: Any) -> dict[str, Any] | None:
+    """One ``wandb.proto`` ``Record`` in the shape ``wandb leet inspect --json`` prints."""
+    kind = record.WhichOneof("record_type")
+    if kind == "run":
+        run = record.run
+        body = {
+            "run_id": run.run_id,
+            "display_name": run.display_name,
+            "run_group": run.run_group,
+            "job_type": run.job_type,
+            "project": run.project,
+            "entity": run.entity,
+            "tags": list(run.tags),
+            "start_time": run.start_time.ToJsonString() if run.HasField("start_time") else None,
+            "config": {"update": _items(run.config.update)},
+        }
+    elif kind in ("config", "summary"):
+        message = getattr(record, kind)
+        body = {"update": _items(message.update), "remove": _removed(message.remove)}
+    elif kind == "history":
+        body = {"item": _items(record.history.item), "step": {"num": record.history.step.num}}
+    elif kind == "metric":
+        metric = record.metric
+        body = {"name": metric.name, "glob_name": metric.glob_name}
+        body["step_metric"] = metric.step_metric
+    elif kind == "files":
+        body = {"files": [{"path": f.path} for f in record.files.files]}
+    elif kind == "exit":
+        body = {"exit_code": record.exit.exit_code}
+    else:
+        return None
+    return {"type": kind, kind: body}
+
+
+def read_records(file: str | os.PathLike) -> list[dict]:
+    """The records of one ``.wandb`` file that :func:`records_to_frames` uses, in order.
+
+    Raises ``RuntimeError`` for a file that is not a W&B log or holds no run record.
+    """
+    from google.protobuf.message import DecodeError
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(file).read_bytes()
     records = []
-    for line in proc.stdout.splitlines():
-        line = line.strip()
-        if line.startswith("{"):
-            records.append(json.loads(line))
-    if not any(record.get("type") == "run" for record in records):
+    try:
+        for payload in log_payloads(data):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(payload)
+            as_dict = _record_dict(record)
+            if as_dict is not None:
+                records.append(as_dict)
+    except (ValueError, DecodeError) as error:
+        raise RuntimeError(f"{file}: {error}") from error
+    if not any(record["type"] == "run" for record in records):
         raise RuntimeError(f"{file} holds no run record ({len(records)} records read)")
     return records
 
 
 def records_to_frames(records: list[dict], path: str = "") -> dict[str, Any]:
-    """One run's records -> ``{"run": dict, "config": dict, "summary": dict, "history": list}``.
+    """One run's records -> ``{"run", "config", "summary", "history", "metrics", "files"}``.
 
     Config and summary are replayed in record order (``update`` merges, ``remove``
-    deletes), so they hold the run's final state; history keeps one dict per step.
+    deletes), so they hold the run's final state; history keeps one dict per step;
+    ``metrics`` holds one ``{"name", "glob_name", "step_metric"}`` per ``define_metric``
+    and ``files`` the paths saved to the run (relative to its ``files/``).
     """
     run: dict[str, Any] = {"path": path}
     config: dict[str, Any] = {}
     summary: dict[str, Any] = {}
     history: list[dict] = []
+    metrics: list[dict] = []
+    files: list[str] = []
     for record in records:
         kind = record.get("type")
         body = record.get(kind) or {}
@@ -150,6 +263,10 @@ def records_to_frames(records: list[dict], path: str = "") -> dict[str, Any]:
             item = _decode(body.get("item") or {})
             step = (body.get("step") or {}).get("num", item.get("_step"))
             history.append({**item, "_step": step})
+        elif kind == "metric":
+            metrics.append({key: body.get(key) or None for key in METRIC_COLUMNS[1:]})
+        elif kind == "files":
+            files.extend(f["path"] for f in body.get("files") or [] if f.get("path"))
         elif kind == "exit":
             run["exit_code"] = body.get("exit_code", 0)
     run["state"] = (
@@ -159,7 +276,14 @@ def records_to_frames(records: list[dict], path: str = "") -> dict[str, Any]:
         if "exit_code" in run
         else "running or crashed"
     )
-    return {"run": run, "config": config, "summary": summary, "history": history}
+    return {
+        "run": run,
+        "config": config,
+        "summary": summary,
+        "history": history,
+        "metrics": metrics,
+        "files": list(dict.fromkeys(files)),
+    }
 
 
 def logged_tables(run: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
@@ -207,7 +331,17 @@ def _frames(runs: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
                 config = frame[ordered]
             else:
                 summary = frame[ordered]
-    return {"runs": table, "config": config, "summary": summary, "history": history}
+    metrics = pd.DataFrame(
+        [{"run_id": r["run"]["run_id"], **m} for r in runs for m in r.get("metrics", [])],
+        columns=METRIC_COLUMNS,
+    )
+    return {
+        "runs": table,
+        "config": config,
+        "summary": summary,
+        "history": history,
+        "metrics": metrics,
+    }
 
 
 def load_wandb_offline(
@@ -236,9 +370,9 @@ def load_wandb_offline(
     tables: dict[str, list[pd.DataFrame]] = {}
     for file in files:
         try:
-            run = records_to_frames(inspect_records(file), path=str(file))
+            run = records_to_frames(read_records(file), path=str(file))
             run_tables = logged_tables(run, file.parent)
-        except (RuntimeError, ValueError, KeyError, OSError, subprocess.TimeoutExpired) as error:
+        except (RuntimeError, ValueError, KeyError, OSError) as error:
             warnings.warn(f"skipping W&B run file {file}: {error}", ResultFileWarning, stacklevel=2)
             skipped.append({"path": str(file), "reason": str(error)})
             continue
@@ -248,7 +382,7 @@ def load_wandb_offline(
     frames = (
         _frames(runs)
         if runs
-        else {name: pd.DataFrame() for name in ("runs", "config", "summary", "history")}
+        else {name: pd.DataFrame() for name in ("runs", "config", "summary", "history", "metrics")}
     )
     for key, parts in sorted(tables.items()):
         frames[f"table/{key}"] = (

@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 from pglab_jobs.cli import preflight
 from pglab_jobs.config import CartPoleSettings, identity, validate_cartpole
 from pglab_jobs.job import JobContext, JobOutput, run_job
+from pglab_jobs.tracking import log_iteration
 
 from pglab import schema
 from pglab.collapse import CollapseConfig, CollapseDetector
@@ -135,14 +136,7 @@ def experiment(ctx: JobContext) -> JobOutput:
     def on_iteration(metrics: dict) -> None:
         nonlocal steps_so_far
         k = int(metrics["iteration"])
-        ctx.tracker.log(
-            {
-                key: value
-                for key, value in metrics.items()
-                if isinstance(value, int | float) and not isinstance(value, bool)
-            },
-            step=k,
-        )
+        log_iteration(ctx.tracker, metrics, detector.status)  # charted against env_steps
         if in_env_steps:
             env_steps = int(metrics["env_steps"])
             advance = min(env_steps, total) - min(steps_so_far, total)

@@ -42,6 +42,8 @@ def study(ctx: JobContext) -> JobOutput:
     true_gradient = truth.gradient.flatten()
 
     rows = []
+    # W&B charts every metric against N (W&B's own _step is the index of N)
+    ctx.tracker.define_x_axis("n_trajectories")
     with ctx.progress(len(batch_sizes), f"{mdp.name}: batch sizes") as bar:
         for index, n in enumerate(sorted(batch_sizes)):
             # seeded by (seed, N): a batch size gives the same numbers whatever the grid

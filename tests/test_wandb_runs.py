@@ -40,8 +40,16 @@ def test_offline_runs_read_back_equal_local_results(tmp_path, launcher):
         meta = json.loads((job / "metadata.json").read_text())
         (wandb_file,) = job.glob("wandb/offline-run-*/run-*.wandb")
         run = runs[runs["path"] == str(wandb_file)].iloc[0]
-        assert run["name"] == job.name  # the run name is the job's overrides
         config = frames["config"].set_index("run_id").loc[run["run_id"]]
+        # a short name per app; the full override string is kept in the config
+        assert config["pglab.job"] == job.name
+        alpha = "α=0.5" if meta["config"]["step_size"] == 0.5 else "α=5"
+        assert (
+            run["name"]
+            == f"chain {meta['config']['gradient']} "
+            + (alpha if meta["config"]["gradient"] == "exact" else f"N=10 {alpha} seed=0")
+            + " n_iterations=6"
+        )  # then the overrides the app's part leaves out
         # the logged config is the job's resolved config, not another job's (wandb#7227)
         assert config["step_size"] == meta["config"]["step_size"]
         assert config["gradient"] == meta["config"]["gradient"]

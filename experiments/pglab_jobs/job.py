@@ -44,7 +44,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pglab import checks
 from pglab.schema import JOB_STATUS_FILE, METADATA_FILE
-from pglab_jobs import job_dirname, storage
+from pglab_jobs import job_dirname, naming, storage
 from pglab_jobs import progress as sweep_progress
 from pglab_jobs.metadata import base_metadata, job_hashes
 from pglab_jobs.progress import Progress
@@ -367,11 +367,11 @@ def open_job(
             mode=str(logger_cfg.get("mode", "offline")),
             project=str(logger_cfg.get("project", "pglab")),
             entity=logger_cfg.get("entity"),
-            group=meta["sweep_name"],
+            group=naming.sweep_group(meta["sweep_name"], sweep_dir),
             job_type=job_type or experiment,
-            name=facts.name,
-            tags=[experiment, *list(logger_cfg.get("tags") or [])],
-            config=config,
+            name=naming.run_name(experiment, config, facts.overrides),
+            tags=naming.run_tags(experiment, list(logger_cfg.get("tags") or []), facts.overrides),
+            config=naming.run_config(config, facts.name, facts.overrides),
             directory=run_dir,
             init_timeout=float(logger_cfg.get("init_timeout", 30)),
             decision_file=sweep_dir / DECISION_FILE if sweep_dir is not None else None,
@@ -424,6 +424,7 @@ def close_job(job: OpenJob, output: JobOutput | BaseException) -> str:
             error, job.experiment, job.facts, job.key, meta, tracker, False, job.start
         )
 
+    tracker.attach_job(run_dir)  # the results travel with the W&B run
     sync = tracker.finish()
     wall = time.perf_counter() - job.start
     log.info(closing_line(job.experiment, output.status, wall, output.summary, run_dir))

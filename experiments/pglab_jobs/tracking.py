@@ -4,12 +4,20 @@ Conventions (one W&B run per job, finished inside the job):
 
 =============  ==========================================================
 project        ``logger.project`` (default ``pglab``)
-group          the sweep name for multiruns (``sweep_name``), else unset
+group          the sweep (``sweep_name``; for the default sweep a readable id
+               unique to its directory), unset for single runs
 job_type       the experiment (``estimator_variance``, ``cartpole``, ...)
-name           the job's overrides, e.g. ``n_trajectories=10,step_size=0.1``
-tags           ``logger.tags`` plus the experiment name
-config         the resolved Hydra config (logged at init)
-summary        the job's summary metrics (logged at finish)
+name           short, per app: ``N=10 α=1e-3 seed=0`` (see ``naming``)
+tags           the experiment, ``logger.tags``, each override
+config         the resolved Hydra config plus ``pglab.job`` (the full
+               override string) and ``pglab.overrides`` (logged at init)
+history        per step; the x axis is declared with ``define_metric``:
+               ``n_trajectories`` (estimator study), ``env_steps``
+               (CartPole, :func:`log_iteration`; ``iteration`` is a metric)
+summary        the job's summary metrics and verdicts (logged at finish)
+files          :data:`JOB_BUNDLE`: the job's ``metadata.json`` and parquet
+               results in one zip (:meth:`Tracker.attach_job`), so a synced
+               run carries its own data (``analysis.wandb_source`` reads it)
 =============  ==========================================================
 
 Local parquet files are written before anything is sent to W&B; if W&B fails to
@@ -34,6 +42,7 @@ import socket
 import threading
 import urllib.parse
 import warnings
+import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +55,9 @@ MODES = ("offline", "online", "disabled")
 DECISION_FILE = ".pglab-wandb.json"
 #: Longest wait for the W&B server to accept a TCP connection (name lookup included).
 PROBE_TIMEOUT_S = 3.0
+#: The job's results as one file of its W&B run (``files/pglab-job.zip``): ``metadata.json``
+#: and every parquet file it lists, stored as written (analysis.wandb_source reads it).
+JOB_BUNDLE = "pglab-job.zip"
 
 
 def wandb_server() -> tuple[str, int]:
@@ -159,6 +171,7 @@ class Tracker:
     ) -> None:
         self.run = None
         self.mode = mode
+        self.x_axis: str | None = None  # the metric charts are drawn against (define_x_axis)
         if not enabled:
             return
         if mode not in MODES:
@@ -245,6 +258,17 @@ class Tracker:
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
         self._guard("log", lambda: self.run.log(metrics, step=step))
 
+    def define_x_axis(self, step_metric: str) -> None:
+        """Chart every metric of this run against ``step_metric`` (W&B ``define_metric``)
+        instead of W&B's ``_step``; ``step_metric`` itself must be logged in each row."""
+
+        def do() -> None:
+            self.run.define_metric(step_metric)
+            self.run.define_metric("*", step_metric=step_metric)
+
+        self._guard("define_metric", do)
+        self.x_axis = step_metric
+
     def log_table(self, key: str, frame: pd.DataFrame) -> None:
         def do() -> None:
             import wandb
@@ -260,6 +284,29 @@ class Tracker:
     def summary(self, values: dict[str, Any]) -> None:
         self._guard("summary", lambda: self.run.summary.update(values))
 
+    def attach_job(self, run_dir: str | os.PathLike) -> Path | None:
+        """Save the finished job's ``metadata.json`` and the result files it lists to the
+        run, as one zip (:data:`JOB_BUNDLE`) in the run's ``files/``; return its path."""
+        if self.run is None:
+            return None
+        from pglab.schema import METADATA_FILE
+
+        out: dict[str, Path] = {}
+
+        def do() -> None:
+            source = Path(run_dir)
+            meta = json.loads((source / METADATA_FILE).read_text())
+            names = [METADATA_FILE, *(meta.get("result_files") or [])]
+            bundle = Path(self.run.dir) / JOB_BUNDLE
+            with zipfile.ZipFile(bundle, "w", compression=zipfile.ZIP_STORED) as archive:
+                for name in names:  # parquet is compressed already
+                    archive.write(source / name, arcname=name)
+            self.run.save(str(bundle), base_path=self.run.dir, policy="now")
+            out["bundle"] = bundle
+
+        self._guard("attach", do)
+        return out.get("bundle")
+
     def finish(self, exit_code: int = 0) -> str | None:
         """Finish the run; return the ``wandb sync`` command for an offline run."""
         if self.run is None:
@@ -271,3 +318,28 @@ class Tracker:
             offline_dir = Path(run_dir).parent  # .../wandb/offline-run-*/files -> offline-run-*
             return f"wandb sync {shlex.quote(str(offline_dir))}"
         return None
+
+
+def log_iteration(tracker: Tracker, metrics: dict[str, Any], collapse: Any = None) -> None:
+    """Log one training iteration, charted against ``env_steps``.
+
+    ``metrics`` is a row of ``pglab.gym.training.train``'s history: every number is logged,
+    flags as 0/1 (``collapsed``, ``diverged``; W&B charts numbers), ``iteration`` as a
+    metric and W&B's ``_step``. ``collapse`` (the detector's ``CollapseStatus`` after this
+    iteration) adds ``dip`` (1 while the windowed return is below ``drop_fraction`` x its
+    peak) and ``dips`` (recovered dips so far). The first call declares ``env_steps`` the
+    x axis (:meth:`Tracker.define_x_axis`).
+    """
+    if not tracker.active:
+        return
+    if tracker.x_axis is None and "env_steps" in metrics:
+        tracker.define_x_axis("env_steps")
+    row = {
+        key: int(value) if isinstance(value, bool) else value
+        for key, value in metrics.items()
+        if isinstance(value, int | float)
+    }
+    if collapse is not None:
+        row["dip"] = int(bool(getattr(collapse, "dropped", False)))
+        row["dips"] = int(getattr(collapse, "dips", 0))
+    tracker.log(row, step=int(metrics["iteration"]))
