@@ -318,40 +318,81 @@ def train(
     """
     config.validate()
     _check_collector(config, collector)
-    if detector is None:
-        detector = CollapseDetector(CollapseConfig())
-    checks.instance("detector", detector, CollapseDetector)
-    detector.reset()
-    params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = _make_optimizer(config, params)
-    rule = None
-    if config.update != "pg":
-        rule = updates.make_update_rule(
-            config.update, policy, config.step_size, config.update_config, seed=config.seed
-        )
-    generator = torch.Generator().manual_seed(int(config.seed))
-    history: list[dict[str, Any]] = []
-    status = "complete"
-    env_steps = 0
-    env_steps_total = 0
-    start = time.perf_counter()
-    iteration = 0
+    learner = Learner(config, policy, detector, callback)
+    while learner.wants_batch():
+        learner.learn(collector.collect(policy, learner.generator))
+    return learner.result()
 
-    while True:
-        if config.max_iterations is not None and iteration >= config.max_iterations:
-            break
-        if config.max_env_steps is not None and env_steps >= config.max_env_steps:
-            break
-        if not _all_finite(params):  # e.g. changed from outside between iterations
-            status = "diverged"
-            detector.update(iteration, math.nan, math.nan, finite=False)
-            break
 
-        # 1. sample N episodes with pi_k
-        batch = collector.collect(policy, generator)
+class Learner:
+    """One run's iterations, fed one batch at a time: steps 2-5 of the module docstring.
+
+    :func:`train` drives a Learner with its collector; :mod:`pglab.gym.lockstep` drives
+    many (one per run) from one shared vector environment. Either way a run sees the same
+    sequence of (batch, update), so its numbers depend only on its own config and seed.
+
+    ``generator`` is the run's action-sampling generator (``Generator(config.seed)``).
+    Call :meth:`wants_batch` before collecting each batch (budget and parameter checks),
+    :meth:`learn` with it, and :meth:`result` at the end. ``config`` must be validated.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        policy: nn.Module,
+        detector: CollapseDetector | None = None,
+        callback: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        if detector is None:
+            detector = CollapseDetector(CollapseConfig())
+        checks.instance("detector", detector, CollapseDetector)
+        detector.reset()
+        self.config, self.policy, self.detector, self.callback = config, policy, detector, callback
+        self.params = [p for p in policy.parameters() if p.requires_grad]
+        self.optimizer = _make_optimizer(config, self.params)
+        self.rule = None
+        if config.update != "pg":
+            self.rule = updates.make_update_rule(
+                config.update, policy, config.step_size, config.update_config, seed=config.seed
+            )
+        self.generator = torch.Generator().manual_seed(int(config.seed))
+        self.history: list[dict[str, Any]] = []
+        self.status = "complete"
+        self.env_steps = 0
+        self.env_steps_total = 0
+        self.iteration = 0
+        self.done = False
+        self._start = time.perf_counter()
+
+    def wants_batch(self) -> bool:
+        """Whether the run goes on: budget left, no stop yet, parameters still finite."""
+        config = self.config
+        if self.done:
+            return False
+        if config.max_iterations is not None and self.iteration >= config.max_iterations:
+            self.done = True
+        elif config.max_env_steps is not None and self.env_steps >= config.max_env_steps:
+            self.done = True
+        elif not _all_finite(self.params):  # e.g. changed from outside between iterations
+            self.status = "diverged"
+            self.detector.update(self.iteration, math.nan, math.nan, finite=False)
+            self.done = True
+        return not self.done
+
+    def result(self) -> TrainResult:
+        final_params = {
+            name: p.detach().cpu().clone() for name, p in self.policy.named_parameters()
+        }
+        return TrainResult(self.history, self.status, self.detector.status, final_params)
+
+    def learn(self, batch: Any) -> None:
+        """Steps 2-5 on one batch of N episodes played with the current policy."""
+        config, policy, params, detector = self.config, self.policy, self.params, self.detector
+        optimizer, rule, iteration = self.optimizer, self.rule, self.iteration
         mask = batch.mask.bool()
-        env_steps += int(mask.sum())
-        env_steps_total += int(batch.env_steps)
+        self.env_steps += int(mask.sum())
+        self.env_steps_total += int(batch.env_steps)
+        env_steps = self.env_steps
         returns = torch.as_tensor(batch.returns, dtype=torch.float64)
 
         # 2. per-step weights Psi [N, T]
@@ -436,11 +477,11 @@ def train(
         collapse = detector.update(
             iteration, return_mean, entropy, finite, n_episodes=config.n_trajectories
         )
-        wall = time.perf_counter() - start
+        wall = time.perf_counter() - self._start
         metrics = {
             "iteration": iteration,
             "env_steps": env_steps,
-            "env_steps_total": env_steps_total,
+            "env_steps_total": self.env_steps_total,
             "wall_time": wall,
             "sps": env_steps / wall if wall > 0 else math.nan,
             "return_mean": return_mean,
@@ -459,15 +500,12 @@ def train(
             "collapsed": collapse.collapsed,
             "diverged": not finite,
         }
-        history.append(metrics)
-        if callback is not None:
-            callback(metrics)
-        iteration += 1
+        self.history.append(metrics)
+        self.iteration += 1
         if not finite:
-            status = "diverged"
-            break
-        if config.stop_on_collapse and collapse.collapsed:
-            break
-
-    final_params = {name: p.detach().cpu().clone() for name, p in policy.named_parameters()}
-    return TrainResult(history, status, detector.status, final_params)
+            self.status = "diverged"
+            self.done = True
+        elif config.stop_on_collapse and collapse.collapsed:
+            self.done = True
+        if self.callback is not None:
+            self.callback(metrics)
