@@ -1,0 +1,406 @@
+"""Many CartPole runs in lock-step: one vector environment, one batched policy call per step.
+
+A grid of R runs (any N, step size, seed, update rule, optimizer) of one policy
+architecture is played in a single ``CartPoleVectorEnv`` with R x M copies: run r owns
+the M copies ``r*M ... r*M + M - 1``, of which its first N_r play its episodes and the
+rest are padding that steps along unused. Every vector step evaluates all R policies in
+one call (stacked parameters, ``torch.bmm``), draws each run's actions from that run's
+own uniforms, and steps the environment once. A run that has finished its N episodes
+hands them to its :class:`pglab.gym.training.Learner` (the same per-iteration code
+:func:`pglab.gym.training.train` runs), copies its new parameters into the stack, and
+starts its next batch on the next step while the other runs go on; runs never wait for
+each other.
+
+Bit-identical per run
+---------------------
+A run's numbers do not depend on which other runs share its batch, or whether it runs
+alone (R = 1, which is how the CartPole app plays a single run):
+
+* **Episode starts** are drawn by the run itself: s_0 ~ U(-0.05, 0.05)^4 per copy (the
+  law of CartPole's reset) from ``numpy.random.default_rng(seed)``, and written into the
+  vector environment's state (its step and autoreset counters cleared), so no run
+  consumes another's random numbers. The dynamics are element-wise numpy, the same
+  arithmetic in every column.
+* **Actions** use U ~ U[0, 1) from the run's ``Learner.generator``, one per copy and step
+  (``torch.rand(block, N)`` every ``UNIFORM_BLOCK`` steps), and the inverse CDF of
+  softmax(logits) (the law of :meth:`CategoricalPolicy.sample`).
+* **Logits** come from ``torch.bmm`` on ``[R, M, d]`` blocks. A matrix product's rows
+  can depend on how many rows it is given (measured here: ``[M, 64] @ [64, 2]`` rows change
+  below M = 16), so every run pads its rows to M = :func:`padded_rows` (N rounded up to a
+  multiple of 8) whether alone or in a batch, and only runs with the same M share a
+  batch; a slice of ``torch.bmm`` does not depend on the other slices (tested).
+* **Updates** are the run's own Learner on its own batch: identical code either way.
+
+``tests/test_lockstep.py`` checks the whole history and final parameters bit for bit
+(alone vs in batches of other sizes and other runs). The vector environment must be
+gymnasium's ``CartPoleVectorEnv`` (``gym.make_vec(..., vectorization_mode=
+"vector_entry_point")``); :func:`unbatchable_reason` says why anything else is not
+batched (other environments run one by one with
+:class:`pglab.gym.rollouts.RolloutCollector`).
+
+Cost per vector step: one ``bmm`` per layer over all runs, one softmax, one environment
+step over R x M copies and a few numpy copies into a ring buffer of the last
+``max_episode_steps`` steps; per finished batch, the run's own update. Failures are per
+run: a run whose update raises (or whose callback does) leaves the batch with that error
+and the others go on; a diverged run ends as ``diverged`` as in ``train``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor
+
+from pglab import checks
+from pglab.collapse import CollapseDetector
+from pglab.gym.policies import ACTIVATIONS, CategoricalPolicy
+from pglab.gym.rollouts import EpisodeBatch
+from pglab.gym.training import Learner, TrainConfig
+from pglab.result import TrainResult
+from pglab.threads import thread_invariant
+
+__all__ = [
+    "ROW_BLOCK",
+    "LockstepRun",
+    "PolicyStack",
+    "Progress",
+    "group_key",
+    "padded_rows",
+    "train_lockstep",
+    "unbatchable_reason",
+]
+
+#: Rows per run are padded to a multiple of this (see the module docstring).
+ROW_BLOCK = 8
+#: Steps of uniforms drawn per ``torch.rand`` call of a run.
+UNIFORM_BLOCK = 256
+#: CartPole's reset law: every state variable ~ U(RESET_LOW, RESET_HIGH).
+RESET_LOW, RESET_HIGH = -0.05, 0.05
+
+
+def padded_rows(n_trajectories: int) -> int:
+    """M: the rows a run of N episodes occupies, N rounded up to a multiple of ROW_BLOCK."""
+    n = checks.positive_int("n_trajectories", n_trajectories)
+    return -(-n // ROW_BLOCK) * ROW_BLOCK
+
+
+def _vector_env_class() -> type:
+    from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
+
+    return CartPoleVectorEnv
+
+
+def unbatchable_reason(env_id: str, policy: Any = None) -> str | None:
+    """Why a run of ``env_id`` with ``policy`` cannot be played in lock-step, or ``None``."""
+    try:
+        spec = gym.spec(env_id)
+    except gym.error.Error as error:
+        return f"env_id={env_id!r} is not registered ({error})"
+    entry = spec.vector_entry_point
+    cls = _vector_env_class()
+    target = f"{cls.__module__}:{cls.__name__}"
+    if entry != target and entry is not cls:
+        return f"env_id={env_id!r} has no CartPoleVectorEnv vector entry point (it has {entry!r})"
+    if policy is not None and not isinstance(policy, CategoricalPolicy):
+        return f"policy is a {type(policy).__name__}, not a CategoricalPolicy"
+    return None
+
+
+def group_key(config: TrainConfig, policy: CategoricalPolicy, **env: Any) -> tuple:
+    """Runs with equal keys can share a lock-step batch (same env, rows, architecture)."""
+    return (
+        config.env_id,
+        tuple(sorted(env.items())),
+        padded_rows(config.n_trajectories),
+        policy.obs_dim,
+        policy.n_actions,
+        policy.hidden_sizes,
+        policy.activation,
+        policy.dtype,
+    )
+
+
+class PolicyStack:
+    """R policies of one architecture evaluated together: logits ``[R, M, d] -> [R, M, A]``.
+
+    Layer l of run r is ``weights[l][r] [out, in]``, ``biases[l][r] [1, out]``; hidden layers
+    apply the policies' activation. :meth:`load` copies a run's current parameters in.
+    """
+
+    def __init__(self, policies: Sequence[CategoricalPolicy]) -> None:
+        first = policies[0]
+        for r, policy in enumerate(policies):
+            checks.instance(f"policies[{r}]", policy, CategoricalPolicy)
+            same = (policy.obs_dim, policy.n_actions, policy.hidden_sizes, policy.activation)
+            if same != (first.obs_dim, first.n_actions, first.hidden_sizes, first.activation):
+                raise ValueError(
+                    f"policies[{r}] has (obs_dim, n_actions, hidden_sizes, activation)={same}; "
+                    "a stack needs one architecture"
+                )
+            if policy.dtype != first.dtype:
+                raise ValueError(f"policies[{r}] has dtype {policy.dtype}, not {first.dtype}")
+        self.dtype = first.dtype
+        self.activation = ACTIVATIONS[first.activation]
+        with torch.no_grad():
+            self.weights = [
+                torch.stack([p.layers[i].weight.detach().clone() for p in policies])
+                for i in range(len(first.layers))
+            ]
+            self.biases = [
+                torch.stack([p.layers[i].bias.detach().clone() for p in policies]).unsqueeze(1)
+                for i in range(len(first.layers))
+            ]
+
+    def load(self, r: int, policy: CategoricalPolicy) -> None:
+        """Copy ``policy``'s current parameters into slot r."""
+        with torch.no_grad():
+            for i, layer in enumerate(policy.layers):
+                self.weights[i][r].copy_(layer.weight)
+                self.biases[i][r, 0].copy_(layer.bias)
+
+    def logits(self, obs: Tensor) -> Tensor:
+        """``[R, M, obs_dim] -> [R, M, A]``: l = W_L g(... g(W_1 s + b_1) ...) + b_L per run."""
+        x = obs if obs.dtype == self.dtype else obs.to(self.dtype)
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            x = torch.bmm(x, w.transpose(1, 2)) + b
+            if i < last:
+                x = self.activation(x)
+        return x
+
+    def sample(self, obs: Tensor, u: Tensor) -> Tensor:
+        """a = #{k < A-1 : C_k <= U} with C the cumulative softmax: ``[R, M]`` int64."""
+        with torch.no_grad():
+            cdf = torch.softmax(self.logits(obs), dim=-1).cumsum(dim=-1)
+            return (cdf[..., :-1] <= u.unsqueeze(-1).to(cdf.dtype)).sum(dim=-1)
+
+
+@dataclass
+class LockstepRun:
+    """One run of a lock-step batch: its validated config, policy, detector and callback.
+
+    ``seed`` seeds the run's episode starts (``config.seed`` when ``None``); the action
+    uniforms come from ``Generator(config.seed)`` as in :func:`train`.
+    """
+
+    config: TrainConfig
+    policy: CategoricalPolicy
+    detector: CollapseDetector | None = None
+    callback: Callable[[dict[str, Any]], None] | None = None
+    seed: int | None = None
+
+
+@dataclass
+class Progress:
+    """Passed to ``train_lockstep``'s ``report``: the batch so far."""
+
+    runs: int
+    finished: int
+    env_steps: int  # real steps of all runs so far
+    vector_steps: int
+    wall_time: float
+
+
+@thread_invariant
+def train_lockstep(
+    runs: Sequence[LockstepRun],
+    max_episode_steps: int | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+    report: Callable[[Progress], None] | None = None,
+    report_every_s: float = 10.0,
+) -> list[TrainResult | BaseException]:
+    """Train every run in ``runs`` in one lock-step batch; one result (or error) per run.
+
+    All runs must share the env id, the padded row count M and the policy architecture
+    (:func:`group_key`); each config is validated first (``ValueError`` before any work).
+    ``report(progress)`` is called about every ``report_every_s`` seconds and at the end.
+    A run whose update or callback raises gets that exception as its result and leaves
+    the batch; ``KeyboardInterrupt`` stops everything.
+    """
+    if not runs:
+        return []
+    for r, run in enumerate(runs):
+        checks.instance(f"runs[{r}]", run, LockstepRun)
+        run.config.validate()
+    first = runs[0].config
+    reason = unbatchable_reason(first.env_id, runs[0].policy)
+    if reason is not None:
+        raise ValueError(reason)
+    env_kwargs = dict(env_kwargs or {})
+    keys = {group_key(run.config, run.policy) for run in runs}
+    if len(keys) > 1:
+        raise ValueError(
+            f"runs differ in env, padded rows or architecture: {sorted(map(str, keys))}"
+        )
+    spec = gym.spec(first.env_id)
+    time_limit = int(max_episode_steps or spec.max_episode_steps)
+    m = padded_rows(first.n_trajectories)
+    n_runs = len(runs)
+    n_copies = n_runs * m
+
+    env = gym.make_vec(
+        first.env_id,
+        n_copies,
+        vectorization_mode="vector_entry_point",
+        max_episode_steps=time_limit,
+        **env_kwargs,
+    )
+    inner = env.unwrapped
+    if not isinstance(inner, _vector_env_class()):
+        env.close()
+        raise ValueError(f"{first.env_id}: the vector env is {type(inner).__name__}")
+    try:
+        return _play(runs, env, inner, m, time_limit, report, report_every_s)
+    finally:
+        env.close()
+
+
+def _play(
+    runs: Sequence[LockstepRun],
+    env: Any,
+    inner: Any,
+    m: int,
+    time_limit: int,
+    report: Callable[[Progress], None] | None,
+    report_every_s: float,
+) -> list[TrainResult | BaseException]:
+    n_runs = len(runs)
+    n_copies = n_runs * m
+    obs_dim = int(np.prod(inner.single_observation_space.shape))
+    env.reset(seed=0)  # allocates the state; every real episode start is written below
+
+    outcomes: list[TrainResult | BaseException | None] = [None] * n_runs
+    learners: list[Learner | None] = [None] * n_runs
+    stack = PolicyStack([run.policy for run in runs])
+    ns = [run.config.n_trajectories for run in runs]
+    rngs = [
+        np.random.default_rng(run.config.seed if run.seed is None else run.seed) for run in runs
+    ]
+    for r, run in enumerate(runs):
+        try:
+            learners[r] = Learner(run.config, run.policy, run.detector, run.callback)
+        except Exception as error:  # a run that cannot even start leaves the batch
+            outcomes[r] = error
+
+    # Ring buffers over the last `cap` vector steps (a batch spans at most time_limit).
+    cap = time_limit + 1
+    obs_log = np.zeros((cap, n_copies, obs_dim), dtype=np.float32)
+    act_log = np.zeros((cap, n_copies), dtype=np.int64)
+    rew_log = np.zeros((cap, n_copies), dtype=np.float32)
+    obs = np.zeros((n_copies, obs_dim), dtype=np.float32)
+    uniforms = torch.zeros(UNIFORM_BLOCK, n_runs, m)
+    running = np.zeros(n_copies, dtype=np.bool_)
+    lengths = np.zeros(n_copies, dtype=np.int64)
+    terminated = np.zeros(n_copies, dtype=np.bool_)
+    started = np.zeros(n_runs, dtype=np.int64)  # vector step at which each run's batch began
+    active = np.zeros(n_runs, dtype=np.bool_)
+
+    def begin(r: int, step: int) -> None:
+        """Start run r's next batch at vector step ``step``: fresh episode starts."""
+        cols = slice(r * m, r * m + ns[r])
+        state = inner.state  # [4, R*M] float64; the env replaces the array every step
+        init = rngs[r].uniform(RESET_LOW, RESET_HIGH, size=(state.shape[0], ns[r]))
+        state[:, cols] = init
+        inner.steps[cols] = 0
+        inner.prev_done[cols] = False
+        obs[cols] = init.T.astype(np.float32)
+        running[cols] = True
+        lengths[cols] = 0
+        terminated[cols] = False
+        started[r] = step
+        active[r] = True
+
+    def stop(r: int, outcome: TrainResult | BaseException) -> None:
+        outcomes[r] = outcome
+        active[r] = False
+        running[r * m : (r + 1) * m] = False
+
+    def next_or_stop(r: int, step: int) -> None:
+        learner = learners[r]
+        assert learner is not None
+        if learner.wants_batch():
+            begin(r, step)
+        else:
+            stop(r, learner.result())
+
+    def finish_batch(r: int, step: int) -> None:
+        """Run r's N episodes all ended at vector step ``step``: learn, then go on or stop."""
+        learner = learners[r]
+        assert learner is not None
+        t = step - started[r] + 1
+        rows = (started[r] + np.arange(t)) % cap
+        cols = slice(r * m, r * m + ns[r])
+        lengths_t = torch.from_numpy(lengths[cols].copy())
+        mask = torch.arange(t).unsqueeze(0) < lengths_t.unsqueeze(1)  # [N, T]
+        observations = torch.from_numpy(obs_log[rows, cols].transpose(1, 0, 2).copy())
+        batch = EpisodeBatch(
+            observations=torch.where(mask.unsqueeze(-1), observations, 0.0),
+            actions=torch.where(mask, torch.from_numpy(act_log[rows, cols].T.copy()), 0),
+            rewards=torch.where(mask, torch.from_numpy(rew_log[rows, cols].T.copy()), 0.0),
+            mask=mask,
+            lengths=lengths_t,
+            terminated=torch.from_numpy(terminated[cols].copy()),
+            env_steps=int(t) * ns[r],
+        )
+        try:
+            learner.learn(batch)
+            stack.load(r, runs[r].policy)
+            next_or_stop(r, step + 1)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as error:
+            stop(r, error)
+
+    for r in range(n_runs):
+        if outcomes[r] is None:
+            next_or_stop(r, 0)
+
+    start = time.perf_counter()
+    last_report = start
+    env_step = env.step
+    step = 0
+
+    def progress() -> Progress:
+        steps = sum(lr.env_steps for lr in learners if lr is not None)
+        done = sum(o is not None for o in outcomes)
+        return Progress(n_runs, done, steps, step, time.perf_counter() - start)
+
+    while active.any():
+        k = step % UNIFORM_BLOCK
+        if k == 0:
+            for r in np.flatnonzero(active):
+                learner = learners[r]
+                assert learner is not None
+                uniforms[:, r, : ns[r]] = torch.rand(
+                    UNIFORM_BLOCK, ns[r], generator=learner.generator
+                )
+        row = step % cap
+        obs_log[row] = obs
+        actions = stack.sample(torch.from_numpy(obs).view(n_runs, m, obs_dim), uniforms[k])
+        act_np = actions.numpy().reshape(n_copies)
+        act_log[row] = act_np
+        next_obs, reward, term, trunc, _ = env_step(act_np)
+        rew_log[row] = reward
+        np.copyto(obs, next_obs)
+        ended = (term | trunc) & running
+        if ended.any():
+            idx = np.flatnonzero(ended)
+            lengths[idx] = step - started[idx // m] + 1
+            terminated[idx] = term[idx]
+            running[idx] = False
+            for r in np.unique(idx // m):
+                if active[r] and not running[r * m : (r + 1) * m].any():
+                    finish_batch(int(r), step)
+        step += 1
+        if report is not None and time.perf_counter() - last_report >= report_every_s:
+            last_report = time.perf_counter()
+            report(progress())
+    if report is not None:
+        report(progress())
+    return [o if o is not None else RuntimeError("run never finished") for o in outcomes]

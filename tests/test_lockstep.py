@@ -1,0 +1,133 @@
+"""Lock-step training (pglab.gym.lockstep): a run's numbers do not depend on its batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pglab.gym.lockstep import (
+    LockstepRun,
+    PolicyStack,
+    group_key,
+    padded_rows,
+    train_lockstep,
+    unbatchable_reason,
+)
+from pglab.gym.policies import make_policy
+from pglab.gym.training import TrainConfig
+from pglab.gym.updates import NPGConfig, PPOConfig
+
+# Columns that measure wall-clock time, the only ones allowed to differ between two runs.
+CLOCK = ["wall_time", "sps"]
+
+
+def _run(n, step_size, seed, steps=1500, max_iterations=None, **changes) -> LockstepRun:
+    config = TrainConfig(
+        n_trajectories=n,
+        step_size=step_size,
+        seed=seed,
+        max_iterations=max_iterations,
+        max_env_steps=steps,
+        variance_every=2,
+        **changes,
+    )
+    return LockstepRun(config, make_policy("mlp", 4, 2, hidden_sizes=(16, 16), seed=seed))
+
+
+def _same(a, b) -> bool:
+    ha = pd.DataFrame(a.history).drop(columns=CLOCK)
+    hb = pd.DataFrame(b.history).drop(columns=CLOCK)
+    same_history = ha.equals(hb)
+    same_params = all(torch.equal(a.final_params[k], b.final_params[k]) for k in a.final_params)
+    return same_history and same_params and a.status == b.status
+
+
+SPECS = [
+    dict(n=1, step_size=1e-3, seed=0),
+    dict(n=2, step_size=1e-2, seed=1),
+    dict(n=5, step_size=1e-3, seed=2, optimizer="adam"),
+    dict(n=8, step_size=1e-2, seed=3, update="npg", update_config=NPGConfig()),
+    dict(n=3, step_size=1e-3, seed=4, update="ppo", update_config=PPOConfig(epochs=2)),
+    dict(n=4, step_size=1e-3, seed=5, estimator="reward_to_go"),
+]
+
+
+def test_a_run_is_bit_identical_alone_and_in_any_batch():
+    alone = [train_lockstep([_run(**spec)])[0] for spec in SPECS]
+    together = train_lockstep([_run(**spec) for spec in SPECS])
+    reversed_pair = train_lockstep([_run(**SPECS[2]), _run(**SPECS[0])])
+    for a, b, spec in zip(alone, together, SPECS, strict=True):
+        assert _same(a, b), spec
+    assert _same(alone[0], reversed_pair[1]) and _same(alone[2], reversed_pair[0])
+    # and each run did real work: several updates, real episodes
+    for result in alone:
+        assert len(result.history) >= 3 and result.history[-1]["env_steps"] >= 1500
+
+
+def test_runs_of_other_row_counts_or_architectures_are_refused_together():
+    with pytest.raises(ValueError, match="differ"):
+        train_lockstep([_run(1, 1e-3, 0), _run(9, 1e-3, 0)])  # M = 8 vs 16
+    assert padded_rows(1) == padded_rows(8) == 8 and padded_rows(9) == 16
+    a, b = _run(1, 1e-3, 0), _run(2, 1e-3, 0)
+    assert group_key(a.config, a.policy) == group_key(b.config, b.policy)
+    assert unbatchable_reason("Acrobot-v1") is not None
+    assert unbatchable_reason("CartPole-v1") is None
+
+
+def test_a_diverging_run_and_a_failing_run_leave_the_others_untouched():
+    diverging = _run(2, 1e-3, 7, inject_nan_at=1)
+
+    def fail(metrics):
+        if metrics["iteration"] == 2:
+            raise OSError("disk full while logging")
+
+    failing = _run(2, 1e-3, 8)
+    failing.callback = fail
+    healthy = _run(2, 1e-3, 9)
+    out = train_lockstep([diverging, failing, healthy])
+    assert out[0].status == "diverged" and len(out[0].history) == 2
+    assert out[0].history[-1]["diverged"]
+    assert isinstance(out[1], OSError)
+    assert _same(out[2], train_lockstep([_run(2, 1e-3, 9)])[0])
+
+
+def test_stack_samples_actions_with_the_policys_probabilities():
+    # a = #{k < A-1 : C_k <= U} has P(a = k) = pi(k|s); with 20000 draws per state the
+    # frequency's standard error is <= 0.0036, so |freq - pi| < 5 SE (z = 5) must hold.
+    policy = make_policy("mlp", 4, 3, hidden_sizes=(8,), seed=3, init_scale=3.0)
+    stack = PolicyStack([policy, make_policy("mlp", 4, 3, hidden_sizes=(8,), seed=4)])
+    generator = torch.Generator().manual_seed(0)
+    states = torch.randn(4, 4, generator=generator)
+    draws = 20000
+    obs = torch.zeros(2, draws, 4)
+    obs[0] = states.repeat(draws // 4, 1)
+    u = torch.rand(2, draws, generator=generator)
+    actions = stack.sample(obs, u)[0].view(-1, 4)
+    pi = policy.probs(states).detach()
+    for s in range(4):
+        freq = torch.bincount(actions[:, s], minlength=3).double() / (draws / 4)
+        se = torch.sqrt(pi[s].double() * (1 - pi[s].double()) / (draws / 4))
+        assert torch.all((freq - pi[s].double()).abs() < 5 * se + 1e-12), (freq, pi[s])
+    # logits equal the module's forward to float32 rounding (other summation order)
+    assert torch.allclose(stack.logits(obs[:, :8])[0], policy(obs[0, :8]), atol=1e-5)
+
+
+def test_episode_starts_are_the_runs_own_draws_from_cartpoles_reset_law(monkeypatch):
+    # Every batch starts from s_0 ~ U(-0.05, 0.05)^4 per copy drawn from the run's
+    # default_rng(seed): the batch's first observations are exactly those draws (float32).
+    from pglab.gym import lockstep
+
+    seen = []
+    learn = lockstep.Learner.learn
+    monkeypatch.setattr(
+        lockstep.Learner, "learn", lambda self, batch: (seen.append(batch), learn(self, batch))
+    )
+    run = _run(100, 1e-4, 11, steps=None, max_iterations=2)
+    train_lockstep([run])
+    rng = np.random.default_rng(11)
+    for batch in seen:
+        expected = rng.uniform(-0.05, 0.05, size=(4, 100)).T.astype(np.float32)
+        assert np.array_equal(batch.observations[:, 0].numpy(), expected)
+    assert len(seen) == 2
