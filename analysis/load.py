@@ -34,6 +34,7 @@ Rules (each one checked by ``tests/test_analysis_load.py``):
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
@@ -209,7 +210,7 @@ def _skip(skipped: list[tuple[str, str]], path: Path, reason: str, warn: bool = 
     skipped.append((str(path), reason))
 
 
-def _read_table(file: Path) -> pd.DataFrame:
+def _read_table(file: Path | io.BytesIO) -> pd.DataFrame:
     frame = pd.read_parquet(file)
     for column in frame.columns:  # array cells (e.g. true_gradient) -> tuples: hashable, comparable
         if (
@@ -271,10 +272,15 @@ def missing_columns(experiment: Experiment, stem: str, frame: pd.DataFrame) -> l
     return [column for column in required if column not in frame.columns]
 
 
-def _read_metadata(job_dir: Path, skipped: list[tuple[str, str]]) -> dict | None:
+def _read_metadata(
+    job_dir: Path, skipped: list[tuple[str, str]], files: Mapping[str, bytes] | None = None
+) -> dict | None:
     meta_file = job_dir / METADATA_FILE
     try:
-        meta = json.loads(meta_file.read_text())
+        if files is not None and METADATA_FILE not in files:
+            raise OSError(f"{METADATA_FILE} is not in the bundle")
+        text = meta_file.read_text() if files is None else files[METADATA_FILE].decode()
+        meta = json.loads(text)
         if not isinstance(meta, dict):
             raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
     except (OSError, ValueError) as error:
@@ -293,14 +299,19 @@ def _read_metadata(job_dir: Path, skipped: list[tuple[str, str]]) -> dict | None
     return meta
 
 
-def _read_result(job_dir: Path, name: str, experiment: str) -> tuple[str, pd.DataFrame | str]:
-    """``(stem, table)`` or ``(stem, reason)`` for result file ``name`` of a job."""
+def _read_result(
+    job_dir: Path, name: str, experiment: str, files: Mapping[str, bytes] | None = None
+) -> tuple[str, pd.DataFrame | str]:
+    """``(stem, table)`` or ``(stem, reason)`` for result file ``name`` of a job (read from
+    ``files``, a bundle's contents by name, when given)."""
     file = job_dir / name
     stem = Path(name).name.removesuffix(".parquet")
-    if not file.is_file():
+    if not (file.is_file() if files is None else name in files):
         return stem, f"missing result file: {file} is listed in {METADATA_FILE} but does not exist"
     try:
-        frame = upgrade_table(experiment, stem, _read_table(file))
+        frame = upgrade_table(
+            experiment, stem, _read_table(file if files is None else io.BytesIO(files[name]))
+        )
     except Exception as error:  # pyarrow raises several types for a damaged file
         return stem, f"unreadable result file: cannot read {file} ({type(error).__name__}: {error})"
     spec = EXPERIMENTS.get(experiment)
@@ -317,14 +328,18 @@ def _read_result(job_dir: Path, name: str, experiment: str) -> tuple[str, pd.Dat
     return stem, frame
 
 
-def _read_job(job_dir: Path, skipped: list[tuple[str, str]]) -> tuple[dict, dict] | None:
-    """``(metadata, {stem: table})`` for a finished, valid job, else ``None`` (recorded)."""
-    meta = _read_metadata(job_dir, skipped)
+def _read_job(
+    job_dir: Path, skipped: list[tuple[str, str]], files: Mapping[str, bytes] | None = None
+) -> tuple[dict, dict] | None:
+    """``(metadata, {stem: table})`` for a finished, valid job, else ``None`` (recorded).
+
+    ``files``: the job's files by name (a W&B run's bundle) instead of ``job_dir``'s."""
+    meta = _read_metadata(job_dir, skipped, files)
     if meta is None:
         return None
     tables: dict[str, pd.DataFrame] = {}
     for name in meta.get("result_files") or []:
-        stem, table = _read_result(job_dir, name, str(meta.get("experiment")))
+        stem, table = _read_result(job_dir, name, str(meta.get("experiment")), files)
         if isinstance(table, str):
             _skip(skipped, job_dir, table)
             return None
@@ -481,6 +496,35 @@ def load_results(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Resu
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
     jobs, skipped, searched = _collect_jobs(paths)
+    return _assemble(jobs, skipped, searched)
+
+
+def load_bundles(
+    bundles: Iterable[tuple[str, Mapping[str, bytes]]], searched: list[str]
+) -> Results:
+    """Load jobs from their files held elsewhere than a job directory (a W&B run's bundle).
+
+    Args:
+        bundles: ``(where, {file name: bytes})`` per job: ``metadata.json`` and the result
+            files it lists; ``where`` (e.g. the W&B run) names the job in skip reasons.
+        searched: the inputs, for :attr:`Results.searched`.
+    Each job is loaded under the job directory its metadata records (``run_dir``), as
+    :func:`load_results` would load it from there, so both give the same tables. The rules
+    of the module docstring apply (status, schema, duplicates).
+    """
+    jobs, skipped = [], []
+    for where, files in bundles:
+        loaded = _read_job(Path(where), skipped, files)
+        if loaded is not None:
+            meta = loaded[0]
+            jobs.append((Path(str(meta.get("run_dir") or where)), *loaded))
+    return _assemble(_dedupe(jobs, skipped), skipped, list(searched))
+
+
+def _assemble(
+    jobs: list[tuple[Path, dict, dict]], skipped: list[tuple[str, str]], searched: list[str]
+) -> Results:
+    """:class:`Results` from loaded ``(job_dir, metadata, {stem: table})`` jobs."""
     flat = {
         str(d): flatten_config(
             upgrade_config(str(meta.get("experiment")), meta.get("config") or {})

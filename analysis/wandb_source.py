@@ -24,7 +24,8 @@ type ``FULL``/``FIRST``/``MIDDLE``/``LAST``) whose payloads are ``wandb.proto``
 command prints. The records used are ``run`` (initial config, name, group, job_type),
 ``config`` (later config updates), ``history`` (``item``: the logged keys, ``step.num``),
 ``summary`` (``update`` / ``remove``), ``metric`` (``define_metric``: ``name`` or
-``glob_name``, ``step_metric``), ``files`` (files saved to the run) and ``exit``
+``glob_name``, ``step_metric``), ``files`` (files saved to the run), ``artifact``
+(name, type, the manifest's paths) and ``exit``
 (``exit_code``). W&B writes non-finite floats as ``NaN``, ``Infinity``, ``-Infinity``;
 they are decoded back to floats.
 
@@ -36,16 +37,19 @@ offline run directories or from a project through the API.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import tempfile
 import warnings
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from analysis.load import ResultFileWarning, flatten_config
+from analysis.load import ResultFileWarning, Results, flatten_config, load_bundles
 
 NON_FINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
 METRIC_COLUMNS = ["run_id", "name", "glob_name", "step_metric"]
@@ -83,8 +87,10 @@ SUPERSEDED_DIR = "superseded"  # where a re-run job sets aside its earlier offli
 def find_offline_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Every ``run-*.wandb`` file under ``paths`` (files or directories), sorted, unique.
 
-    Directories are searched recursively, except ``wandb/superseded/``: the runs of
-    earlier attempts of a job that was run again (a file passed explicitly is kept).
+    Directories are searched recursively, following links (a sweep's ``wandb/`` folder
+    links to its jobs' runs; each run is found once, by its real path), except
+    ``wandb/superseded/``: the runs of earlier attempts of a job that was run again (a
+    file passed explicitly is kept).
     """
     found: set[Path] = set()
     for raw in paths:
@@ -93,8 +99,20 @@ def find_offline_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
             raise ValueError(f"W&B path {raw!s} does not exist (resolved to {path})")
         if path.is_file():
             found.add(path)
-        else:
-            found.update(f for f in path.rglob("run-*.wandb") if SUPERSEDED_DIR not in f.parts)
+            continue
+        seen: set[str] = set()
+        for folder, dirnames, filenames in os.walk(path, followlinks=True):
+            real = os.path.realpath(folder)
+            if real in seen:  # a link loop, or a run reached twice
+                dirnames[:] = []
+                continue
+            seen.add(real)
+            dirnames[:] = [d for d in dirnames if d != SUPERSEDED_DIR]
+            found.update(
+                Path(real) / name
+                for name in filenames
+                if name.startswith("run-") and name.endswith(".wandb")
+            )
     return sorted(found)
 
 
@@ -193,6 +211,13 @@ def _record_dict(record: Any) -> dict[str, Any] | None:
         body["step_metric"] = metric.step_metric
     elif kind == "files":
         body = {"files": [{"path": f.path} for f in record.files.files]}
+    elif kind == "artifact":
+        artifact = record.artifact
+        body = {
+            "name": artifact.name,
+            "type": artifact.type,
+            "files": [entry.path for entry in artifact.manifest.contents],
+        }
     elif kind == "exit":
         body = {"exit_code": record.exit.exit_code}
     else:
@@ -225,12 +250,14 @@ def read_records(file: str | os.PathLike) -> list[dict]:
 
 
 def records_to_frames(records: list[dict], path: str = "") -> dict[str, Any]:
-    """One run's records -> ``{"run", "config", "summary", "history", "metrics", "files"}``.
+    """One run's records -> ``{"run", "config", "summary", "history", "metrics", "files",
+    "artifacts"}``.
 
     Config and summary are replayed in record order (``update`` merges, ``remove``
     deletes), so they hold the run's final state; history keeps one dict per step;
     ``metrics`` holds one ``{"name", "glob_name", "step_metric"}`` per ``define_metric``
-    and ``files`` the paths saved to the run (relative to its ``files/``).
+    ``files`` the paths saved to the run (relative to its ``files/``) and ``artifacts``
+    one ``{"name", "type", "files"}`` per logged artifact.
     """
     run: dict[str, Any] = {"path": path}
     config: dict[str, Any] = {}
@@ -238,6 +265,7 @@ def records_to_frames(records: list[dict], path: str = "") -> dict[str, Any]:
     history: list[dict] = []
     metrics: list[dict] = []
     files: list[str] = []
+    artifacts: list[dict] = []
     for record in records:
         kind = record.get("type")
         body = record.get(kind) or {}
@@ -267,6 +295,8 @@ def records_to_frames(records: list[dict], path: str = "") -> dict[str, Any]:
             metrics.append({key: body.get(key) or None for key in METRIC_COLUMNS[1:]})
         elif kind == "files":
             files.extend(f["path"] for f in body.get("files") or [] if f.get("path"))
+        elif kind == "artifact":
+            artifacts.append(body)
         elif kind == "exit":
             run["exit_code"] = body.get("exit_code", 0)
     run["state"] = (
@@ -283,6 +313,7 @@ def records_to_frames(records: list[dict], path: str = "") -> dict[str, Any]:
         "history": history,
         "metrics": metrics,
         "files": list(dict.fromkeys(files)),
+        "artifacts": artifacts,
     }
 
 
@@ -456,3 +487,113 @@ def load_wandb_project(
             + (f" matching {filters}" if filters else "")
         )
     return _frames(runs)
+
+
+#: The job's results as one file of its W&B run (``pglab_jobs.tracking.JOB_BUNDLE``; the
+#: two names are checked equal by tests/test_wandb_report.py).
+JOB_BUNDLE = "pglab-job.zip"
+REPORT_JOB_TYPE = "report"  # the report's own run (analysis.report --wandb) holds no job
+
+
+def read_bundle(data: bytes | str | os.PathLike) -> dict[str, bytes]:
+    """A job bundle (zip bytes or its path) -> ``{file name: bytes}``."""
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    with zipfile.ZipFile(source) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def _run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    return sorted({file.parent for file in find_offline_runs(paths)})
+
+
+def offline_bundles(
+    paths: Iterable[str | os.PathLike],
+) -> tuple[list[tuple[str, dict[str, bytes]]], list[tuple[str, str]]]:
+    """``(run_dir, bundle)`` for every offline run under ``paths`` that carries one, and
+    ``(run_dir, reason)`` for the job runs that do not (report runs are left out)."""
+    bundles, missing = [], []
+    for run_dir in _run_dirs(paths):
+        bundle = run_dir / "files" / JOB_BUNDLE
+        try:
+            bundles.append((str(run_dir), read_bundle(bundle)))
+            continue
+        except FileNotFoundError:
+            reason = f"no {JOB_BUNDLE}: the run holds no job results (logged before issue 12?)"
+        except (OSError, zipfile.BadZipFile) as error:
+            reason = f"unreadable {JOB_BUNDLE}: {type(error).__name__}: {error}"
+        try:
+            (log_file,) = run_dir.glob("run-*.wandb")
+            job_type = records_to_frames(read_records(log_file))["run"].get("job_type")
+        except (ValueError, RuntimeError, OSError):
+            job_type = None
+        if job_type != REPORT_JOB_TYPE:
+            missing.append((str(run_dir), reason))
+    return bundles, missing
+
+
+def project_bundles(
+    path: str, api: Any = None, filters: dict | None = None
+) -> tuple[list[tuple[str, dict[str, bytes]]], list[tuple[str, str]]]:
+    """As :func:`offline_bundles`, for the runs of W&B project ``path`` (``entity/project``)
+    through the API: each run's :data:`JOB_BUNDLE` is downloaded into a temporary folder.
+
+    ``api`` needs ``runs(path, filters=...)``; a run needs ``id``, ``job_type`` and
+    ``file(name)`` whose ``download(root=..., replace=True)`` writes ``root/name``.
+    """
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    bundles, missing = [], []
+    with tempfile.TemporaryDirectory(prefix="pglab-wandb-") as tmp:
+        for run in api.runs(path, filters=filters):
+            if getattr(run, "job_type", None) == REPORT_JOB_TYPE:
+                continue
+            where = f"{path}/{getattr(run, 'id', run.name)}"
+            root = Path(tmp) / str(getattr(run, "id", run.name))
+            try:
+                handle = run.file(JOB_BUNDLE).download(root=str(root), replace=True)
+                if hasattr(handle, "close"):
+                    handle.close()
+                bundles.append((where, read_bundle(root / JOB_BUNDLE)))
+            except Exception as error:  # the API raises its own types for a missing file
+                missing.append((where, f"no {JOB_BUNDLE}: {type(error).__name__}: {error}"))
+    return bundles, missing
+
+
+def load_wandb_results(
+    source: str | os.PathLike, api: Any = None, filters: dict | None = None
+) -> Results:
+    """The :class:`analysis.load.Results` of the jobs whose W&B runs are at ``source``.
+
+    Args:
+        source: a local path (a sweep directory, a ``wandb/`` folder, an ``offline-run-*``
+            directory: every run below it), else a W&B project ``entity/project`` read
+            through the API (``api``, ``filters`` as for :func:`project_bundles`).
+    Each run's :data:`JOB_BUNDLE` is loaded through :func:`analysis.load.load_bundles`,
+    the schema, checks and row order of :func:`analysis.load.load_results`, so a report
+    built from these equals the one built from the job directories. Runs without a
+    bundle are listed in ``skipped``.
+    Raises:
+        ValueError: ``source`` is neither an existing path nor ``entity/project``, or it
+            holds no run.
+    """
+    text = str(source)
+    local = Path(text).expanduser()
+    if local.exists():
+        if not find_offline_runs([local]):
+            raise ValueError(f"--from-wandb {text}: no W&B run files (run-*.wandb) under it")
+        bundles, missing = offline_bundles([local])
+        searched = [str(local.resolve())]
+    elif text.count("/") == 1 and all(text.split("/")):
+        bundles, missing = project_bundles(text, api=api, filters=filters)
+        if not bundles and not missing:
+            raise ValueError(f"--from-wandb {text}: no runs in W&B project {text}")
+        searched = [f"wandb:{text}"]
+    else:
+        raise ValueError(
+            f"--from-wandb {text}: not an existing path, nor a W&B project ENTITY/PROJECT"
+        )
+    results = load_bundles(bundles, searched)
+    results.skipped = sorted([*results.skipped, *missing])
+    return results

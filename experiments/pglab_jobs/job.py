@@ -375,6 +375,7 @@ def open_job(
             directory=run_dir,
             init_timeout=float(logger_cfg.get("init_timeout", 30)),
             decision_file=sweep_dir / DECISION_FILE if sweep_dir is not None else None,
+            browse_dir=sweep_dir / "wandb" if sweep_dir is not None else None,
         )
         context = JobContext(
             cfg=cfg,

@@ -151,6 +151,8 @@ class Tracker:
         directory: where the run's files go; W&B writes ``<directory>/wandb/offline-run-*``.
         decision_file: where the sweep records whether online W&B works (``None``: a single
             run, which decides for itself).
+        browse_dir: the sweep's folder of links to its runs (``<sweep>/wandb``, opened by
+            ``wandb leet``); an offline run links itself there when it finishes.
     """
 
     def __init__(
@@ -168,9 +170,11 @@ class Tracker:
         directory: str | os.PathLike = ".",
         init_timeout: float = 60.0,
         decision_file: str | os.PathLike | None = None,
+        browse_dir: str | os.PathLike | None = None,
     ) -> None:
         self.run = None
         self.mode = mode
+        self.browse_dir = browse_dir
         self.x_axis: str | None = None  # the metric charts are drawn against (define_x_axis)
         if not enabled:
             return
@@ -235,7 +239,7 @@ class Tracker:
             **fields,
             dir=str(directory),
             mode=mode,
-            reinit="finish_previous",
+            reinit="create_new",  # the batched launcher keeps many runs open at once
             settings=wandb.Settings(
                 silent=True, console="off", init_timeout=init_timeout, x_disable_stats=True
             ),
@@ -316,6 +320,15 @@ class Tracker:
         self.run = None
         if self.mode == "offline" and run_dir:
             offline_dir = Path(run_dir).parent  # .../wandb/offline-run-*/files -> offline-run-*
+            if self.browse_dir is not None:
+                try:
+                    from pglab_jobs import sync
+
+                    sync.link_run(self.browse_dir, offline_dir)
+                except OSError as error:  # a file system without symbolic links
+                    log.warning(
+                        "could not link %s into %s: %s", offline_dir, self.browse_dir, error
+                    )
             return f"wandb sync {shlex.quote(str(offline_dir))}"
         return None
 
