@@ -136,6 +136,9 @@ def log_report(
         run_dir = Path(run.dir).parent
     finally:
         run.finish()
+        # finish() returns before W&B's service has written the whole log; the command
+        # ends here, so wait for it: the run is complete when "wandb sync" is printed
+        wandb.teardown()
     return {
         "run_dir": run_dir,
         "group": group,
