@@ -57,3 +57,15 @@ lock: venv
 
 clean:
 	rm -rf outputs multirun $(OUT) .pytest_cache .ruff_cache
+
+# Compare in W&B (README): upload every offline W&B run of a sweep (wandb sync per run, in
+# parallel), or only link them into $(SWEEP)/wandb/ for `wandb leet $(SWEEP)/wandb`.
+#   make wandb-sync SWEEP=outputs/multirun/cartpole/<sweep_name>
+.PHONY: wandb-sync wandb-link
+wandb-sync: venv
+	@test -n "$(SWEEP)" || { echo "usage: make wandb-sync SWEEP=outputs/multirun/<app>/<sweep_name>"; exit 2; }
+	$(BIN)/python -m pglab_jobs.sync "$(SWEEP)"
+
+wandb-link: venv
+	@test -n "$(SWEEP)" || { echo "usage: make wandb-link SWEEP=outputs/multirun/<app>/<sweep_name>"; exit 2; }
+	$(BIN)/python -m pglab_jobs.sync --link-only "$(SWEEP)"
