@@ -310,3 +310,46 @@ def test_bad_report_sources_are_one_line_errors(tmp_path, capsys, args, message)
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1]
+
+
+def test_in_process_reader_agrees_with_wandb_leet_inspect(tmp_path):
+    """The transaction-log reader against W&B's own decoder, on a log of many 32 KiB blocks
+    (records split across blocks: FIRST/MIDDLE/LAST chunks) with NaN values."""
+    import math
+    import subprocess
+    import sys
+
+    import wandb
+
+    run = wandb.init(
+        project="t",
+        mode="offline",
+        dir=str(tmp_path),
+        settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+    )
+    for i in range(600):
+        run.log({"x": i * 0.5, "text": "abc" * (i % 200), "y": math.nan if i % 7 == 0 else i})
+    run.finish()
+    wandb.teardown()  # the log is complete
+    (log_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    assert log_file.stat().st_size > 8 * 32 * 1024
+    proc = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(log_file)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    theirs = records_to_frames([json.loads(line) for line in proc.stdout.splitlines()])
+    mine = records_to_frames(read_records(log_file))
+
+    def rows(run):
+        return [
+            {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+            for row in run["history"]
+        ]
+
+    assert len(mine["history"]) == 600
+    assert rows(mine) == rows(theirs)
+    assert mine["run"]["run_id"] == theirs["run"]["run_id"]
+    assert mine["run"]["exit_code"] == theirs["run"]["exit_code"] == 0

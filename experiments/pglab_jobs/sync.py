@@ -38,7 +38,7 @@ from pathlib import Path
 #: The sweep-level folder of links W&B's local viewer opens (``wandb leet <sweep>/wandb``).
 BROWSE_DIR = "wandb"
 SUPERSEDED = "superseded"  # pglab_jobs.job sets the runs of earlier attempts aside here
-RUN_PREFIXES = ("offline-run-", "run-")
+RUN_PREFIXES = ("offline-run-",)  # online runs (wandb/run-*) are uploaded already
 
 
 def _is_run_dir(path: Path) -> bool:
