@@ -2,12 +2,21 @@
 
 J(θ_k) is exact at every iterate, so curves are drawn over iterations (each iteration
 is one update; the sampled gradient is the only randomness).
+
+Convergence rates (issue 10), for runs on the exact gradient: the suboptimality
+``J* − J(θ_t)`` against ``t`` on log-log axes, one colour per update rule, and per run the
+fitted rates of :mod:`pglab.tabular.natural`: the exponent of ``gap_t ~ C t^slope``
+(``fit_sublinear_rate``; PG on a bandit: −1, Mei et al. 2020) and the contraction per
+step of ``gap_t ~ exp(a + b t)`` (``fit_linear_rate``; exact NPG on a bandit:
+``e^(−ηΔ)``), both on the window :func:`rate_window` chooses.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from analysis import figures, stats
@@ -18,11 +27,23 @@ from analysis.report.common import (
     design_keys,
     seeds_phrase,
     split_by,
+    varying,
     with_context,
 )
 from pglab.schema import TABULAR_ASCENT
+from pglab.tabular.natural import fit_linear_rate, fit_sublinear_rate
 
 CELL = ["gradient_label", "step_size"]
+#: Gaps at or below ROUND_OFF * max(1, |J*|) are round-off: a rate window ends before them.
+ROUND_OFF = 1e-9
+#: A window whose gap shrinks by less than this factor (end / start) is a stall or a
+#: plateau, not a rate (a C/t gap halves over a window [T/2, T)).
+STALL = 0.9
+#: Fewest iterates in a rate window.
+MIN_POINTS = 4
+#: The gaps tried, in order: to J* (any policy), then to the best stationary return (a
+#: stationary softmax policy may not reach J* in a finite-horizon MDP).
+TARGETS = (("suboptimality", "optimal_return"), ("suboptimality_stationary", "stationary_return"))
 
 
 def ascent_labels(frame: pd.DataFrame) -> pd.Series:
@@ -113,6 +134,13 @@ def ascent_section(
         )
         for label, slug, part in split_by(frame, split):
             _curve_figure(section, part, label, slug, text)
+    exact = history[history["gradient"] == "exact"] if not history.empty else history
+    # rates compare update rules (issue 10): a study of plain pg alone keeps its old section
+    if not exact.empty and (exact["update"] != "pg").any():
+        rate_split = [c for c in split if c not in ("mdp", "update")]
+        for label, slug, part in split_by(exact, rate_split):
+            _rate_figure(section, part, label, slug, text)
+        _rate_cells(section, exact, varying(exact, rate_split))
     if not summary.empty and "final_return" in summary.columns:
         frame = summary.assign(gradient_label=ascent_labels(summary))
         by = [c for c in split if c in frame.columns and frame[c].map(repr).nunique() > 1]
@@ -128,3 +156,159 @@ def ascent_section(
             by,
         )
     return section
+
+
+def rate_window(gaps: np.ndarray, scale: float) -> tuple[int, int, str]:
+    """``(start, stop, status)``: the iterates ``[start, stop)`` a rate is fitted on.
+
+    ``gaps[t]`` is ``J_target − J(θ_t)``, ``t = 0 .. K−1``. The window is the second half
+    (in t) of the iterates ``1 .. T−1`` before the gap first reaches round-off
+    (``<= ROUND_OFF * max(1, scale)``): late enough to skip the transient (and the plateau
+    of a bad start), early enough to stay above round-off. ``status`` is ``"ok"``,
+    ``"stalls"`` (the gap shrinks by less than :data:`STALL` over the window: a plateau,
+    or a limit below the target) or ``"too few points"``.
+    """
+    floor = ROUND_OFF * max(1.0, abs(scale))
+    below = np.nonzero(~(gaps[1:] > floor))[0]
+    end = int(below[0]) + 1 if len(below) else len(gaps)
+    start = max(1, (1 + end) // 2)
+    if end - start < MIN_POINTS:
+        return start, end, "too few points"
+    if gaps[end - 1] > STALL * gaps[start]:
+        return start, end, "stalls"
+    return start, end, "ok"
+
+
+def run_rates(run: pd.DataFrame) -> dict:
+    """Fitted rates of one run (its history rows, any order).
+
+    Each gap of :data:`TARGETS` gets a :func:`rate_window`; the rates are fitted on the
+    gap with the smaller final value among those whose window is ``"ok"`` (a run converging
+    to the best stationary return below J* has a J* gap that levels off, and its
+    stationary gap is the one that converges). ``status`` says why there is no rate
+    otherwise (the first target's). ``constant``: ``t gap_t`` at the window's last
+    iterate (PG on an A-armed bandit: ``-> (A - 1) / (A α)``).
+    """
+    run = run.sort_values("iteration")
+    empty = {"exponent": math.nan, "contraction": math.nan, "constant": math.nan}
+    found = []
+    for column, reference in TARGETS:
+        if column not in run.columns or run[column].isna().all():
+            continue
+        gaps = run[column].to_numpy(dtype=float)
+        scale = float(run[reference].iloc[-1]) if reference in run.columns else 1.0
+        start, stop, status = rate_window(gaps, scale)
+        found.append(
+            {
+                "target": column,
+                "window": f"[{start}, {stop})",
+                "status": status,
+                "final_gap": float(gaps[-1]),
+                "_fit": (gaps, start, stop),
+            }
+        )
+    if not found:
+        return {"target": "", "window": "", "status": "no gap", "final_gap": math.nan, **empty}
+    ok = [f for f in found if f["status"] == "ok"]
+    if not ok:
+        return {k: v for k, v in found[0].items() if k != "_fit"} | empty
+    best = min(ok, key=lambda f: f["final_gap"])
+    gaps, start, stop = best.pop("_fit")
+    sublinear = fit_sublinear_rate(gaps, start=start, stop=stop)
+    return best | {
+        "exponent": sublinear.slope,
+        "contraction": fit_linear_rate(gaps, start=start, stop=stop).contraction,
+        "constant": sublinear.constant,
+    }
+
+
+def rate_table(history: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """Per run (``run_dir``) with the cell columns ``by``: :func:`run_rates`."""
+    rows = []
+    for run_dir, run in history.groupby("run_dir", sort=True):
+        rows.append({**{c: run[c].iloc[0] for c in by}, "run_dir": run_dir, **run_rates(run)})
+    columns = [*by, "run_dir", "target", "window", "status", "exponent", "contraction"]
+    frame = pd.DataFrame(rows, columns=[*columns, "constant", "final_gap"])
+    return frame.sort_values([*by, "run_dir"]).reset_index(drop=True)
+
+
+def _rate_figure(section: Section, part: pd.DataFrame, label: str, slug: str, text) -> None:
+    frame = part[(part["iteration"] >= 1) & (part["suboptimality"] > 0)]
+    if frame.empty:
+        return
+    frame = frame.assign(
+        rule=[
+            f"{u} ({figures.fmt(s)})"
+            for u, s in zip(frame["update"], frame["step_size"], strict=True)
+        ]
+    )
+    by = ["mdp", "rule"]
+    curves = stats.curve_ci_over_seeds(
+        frame,
+        by,
+        "iteration",
+        "suboptimality",
+        text["confidence"],
+        text["resamples"],
+        seed_column="run_dir",
+    )
+    seeds = seeds_phrase(stats.seed_counts(frame, by, seed_column="run_dir")["n_seeds"])
+    spec = figures.FacetSpec(
+        facet="mdp",
+        x="iteration",
+        hue="rule",
+        rows=(figures.Row("mean", None, "J* − J(θ_t)", log=True),),
+        logx=True,
+        xlabel="iteration t",
+        title=with_context(f"Suboptimality vs iteration per update rule; {seeds}", label),
+        hue_title="rule (step)",
+        errorbars=False,
+    )
+    section.add_figure(
+        f"ascent_rates{slug}",
+        figures.facet_lines(curves, spec),
+        "Exact ascent: suboptimality J* − J(θ_t) against the iteration t on log-log axes, one "
+        "panel per MDP, one colour per update rule (its step in parentheses: α for pg, η "
+        "for npg, δ in nats for trpo). A C/t rate (plain PG) is a line of slope −1; a "
+        "linear rate (NPG) bends down. A curve that levels off is a plateau (a bad start) or "
+        "a limit below J* (a stationary or feature-restricted policy cannot reach J*); gaps "
+        f"at round-off are not drawn. J is exact: point estimates (mean over runs, no "
+        f"interval); {seeds}." + caption_context(label),
+    )
+
+
+def _rate_cells(section: Section, history: pd.DataFrame, split: list[str]) -> None:
+    exact = history[history["gradient"] == "exact"]
+    if exact.empty or "suboptimality" not in exact.columns:
+        return
+    by = [c for c in ["mdp", *split, "update", "step_size"] if c in exact.columns]
+    by = list(dict.fromkeys(by))
+    rates = rate_table(exact, by)
+    cells = (
+        rates.groupby(by, sort=True, dropna=False)
+        .agg(
+            n_seeds=("run_dir", "nunique"),
+            target=("target", "first"),
+            window=("window", "first"),
+            status=("status", lambda v: ", ".join(sorted(set(v)))),
+            exponent=("exponent", "median"),
+            contraction=("contraction", "median"),
+            constant=("constant", "median"),
+            final_gap=("final_gap", "median"),
+        )
+        .reset_index()
+    )
+    section.add_cells(
+        "ascent_rates",
+        "Fitted convergence rates of exact ascent per MDP and rule (median over runs): "
+        "exponent = slope of log gap on log t (PG's C/t: −1), contraction = exp(slope of "
+        "log gap on t), the factor the gap shrinks by per step (NPG on a bandit: e^(−ηΔ)); "
+        "constant = t·gap at the window's end (PG on an A-armed bandit: → (A − 1)/(A α)); "
+        "both fitted on the window (iterations) chosen by rate_window: the second half of "
+        "the iterates before the gap reaches round-off. target: the gap fitted (J* − J, or "
+        "the best-stationary-return gap when J* is out of a stationary policy's reach); "
+        "status stalls: the gap shrank by less than 10% over the window (a plateau or a "
+        "limit below the target), no rate.",
+        cells,
+        by,
+    )

@@ -14,6 +14,7 @@ from analysis.report.calibration import calibration_section
 from analysis.report.common import Section, ci_phrase, under_seeded
 from analysis.report.estimator import estimator_section
 from analysis.report.gym import gym_sections
+from analysis.report.stepsize import stepsize_sections
 
 POOLING = (
     "Pooling: a cell pools the seeds of runs whose configs agree in every other key. A "
@@ -49,6 +50,9 @@ def sections(results: Results, confidence: float, level: float, n_resamples: int
             design,
             text,
         )
+    )
+    out.extend(  # update rules compared on one phase diagram (issue 10)
+        stepsize_sections(results.cartpole_history, results.cartpole_summary, design, text)
     )
     if not (results.ascent_history.empty and results.ascent_summary.empty):
         keys = sorted({*design.get("ascent_history", ()), *design.get("ascent_summary", ())})
