@@ -122,3 +122,33 @@ def test_the_cartpole_app_accepts_the_adaptive_optimisers(optimizer):
         composed = compose("cartpole", overrides=[f"optimizer={optimizer}", "step_size=0.1"])
     settings = job_config.VALIDATORS["cartpole"][1](composed)
     assert settings.optimizer == optimizer
+
+
+def test_stepsize_optimizers_preset_puts_each_adaptive_optimiser_on_the_stepsize_grid():
+    """experiment=stepsize_optimizers: 3 optimisers x stepsize_grid's N, steps, seeds and
+    budget (so its cells sit beside the update rules' in the report), each a valid job."""
+    from pglab_jobs import cli
+
+    validate = job_config.VALIDATORS["cartpole"][1]
+    cli.check_command_line("cartpole", validate, ["-m", "experiment=stepsize_optimizers"])
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        mine = compose("cartpole", ["experiment=stepsize_optimizers"], return_hydra_config=True)
+        grid = compose("cartpole", ["experiment=stepsize_grid"], return_hydra_config=True)
+    params, reference = mine.hydra.sweeper.params, grid.hydra.sweeper.params
+    assert str(params.optimizer).split(",") == ["adam", "rmsprop", "adagrad"]
+    for key in ("n_trajectories", "step_size", "seed"):
+        assert str(params[key]) == str(reference[key]), key
+    for optimizer in ("adam", "rmsprop", "adagrad"):
+        for step in str(params.step_size).split(","):
+            with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+                job = compose(
+                    "cartpole",
+                    [
+                        "experiment=stepsize_optimizers",
+                        f"optimizer={optimizer}",
+                        f"step_size={step}",
+                    ],
+                )
+            settings = validate(job)
+            assert settings.update.name == "pg" and settings.optimizer == optimizer
+            assert settings.budget.env_steps == grid.budget.env_steps == 50000
