@@ -117,7 +117,7 @@ def test_phase_counts_and_returns_equal_counts_by_hand_from_the_summaries(grid):
     assert set(table["rule"]) == {"pg", "trpo", "pg+adam"}
 
 
-def test_median_kl_equals_the_median_over_runs_of_each_runs_early_median(grid):
+def test_median_kl_equals_the_median_over_runs_of_each_runs_first_update_kl(grid):
     frames = []
     for directory in grid["dirs"]:
         for path in sorted(directory.glob("*/history.parquet")):

@@ -9,9 +9,9 @@ with everything else equal (env, estimator, budget):
 * the **phase diagram** per rule: rows N, columns the rule's step parameter ``step_size``
   (α, η, δ in nats, or a learning rate), cells the collapse fraction k/n with its
   Clopper–Pearson interval and the final return with its bootstrap interval over seeds;
-* the **common unit**: the median over a run's iterations of the recorded KL between
-  successive policies (``kl``, nats), then the median over the cell's runs — a step of
-  α = 1e-2 and a step of δ = 1e-2 read in the same units there;
+* the **common unit**: the recorded KL between successive policies (``kl``, nats) of a
+  run's first update, KL(π_0 ‖ π_1) from the seed's initial policy, then the median over
+  the cell's runs — a step of α = 1e-2 and a step of δ = 1e-2 read in the same units there;
 * **return vs env steps per rule at its best setting** (per N, the step with the highest
   mean final return);
 * a **verdict** per rule against plain pg (sgd) at the same N (:func:`boundary_verdicts`).
@@ -79,18 +79,19 @@ def _rule_order(rules: Sequence[str]) -> list[str]:
     return [r for r in base if r in rules] + sorted(r for r in set(rules) if r not in base)
 
 
-#: Updates per run whose KL measures the step in common units (:func:`per_run_kl`).
-KL_UPDATES = 10
+#: Updates per run whose KL measures the step in common units (:func:`per_run_kl`): the
+#: first, KL(π_0 ‖ π_1), taken by every rule from the same initial policy of a seed.
+KL_UPDATES = 1
 
 
 def per_run_kl(history: pd.DataFrame, first: int = KL_UPDATES) -> pd.DataFrame:
     """``run_dir`` + ``median_kl``: the median of a run's recorded KL(π_k ‖ π_k+1) (nats)
-    over its first ``first`` updates (iterations 0 .. first-1).
+    over its first ``first`` updates (iterations 0 .. first-1; default: the first update).
 
-    The early updates, because they start from comparable policies and show what the rule's
-    step parameter does to the policy: a run that collapses within a few updates is
-    near-deterministic afterwards, with a KL per update of ~0 that would hide the size of
-    the steps that collapsed it (TRPO's is ~δ throughout).
+    The first update because every rule takes it from the same policy π_0 (the seed's
+    initial network), so the KL shows what the rule's step parameter does to one policy; a
+    run that collapses does so within a few updates (a deterministic policy then moves by
+    a KL of ~0 per update, which would hide the steps that collapsed it).
     """
     frame = history.dropna(subset=["kl"])
     frame = frame[frame["iteration"] < first]
@@ -113,8 +114,8 @@ def phase_cells(
         ``rule, n_trajectories, step_size, k, n, probability, ci_low, ci_high`` (collapse,
         Clopper–Pearson), ``final_return, final_return_ci_low, final_return_ci_high``
         (mean and percentile bootstrap over runs), ``n_seeds`` and, with a history,
-        ``median_kl`` (median over the cell's runs of each run's median KL over its first
-        :data:`KL_UPDATES` updates, :func:`per_run_kl`).
+        ``median_kl`` (median over the cell's runs of each run's first-update KL,
+        :func:`per_run_kl`).
     """
     cells = stats.collapse_table(summary, CELL, confidence=confidence)
     returns = stats.mean_ci_over_seeds(
@@ -344,14 +345,12 @@ def _phase_figures(section: Section, cells: pd.DataFrame, names, text) -> None:
                 col="step_size",
                 value="log10_kl",
                 facet=RULE,
-                cbar_label="log10 median KL per update (nats)",
-                title=with_context(
-                    f"{env}: median KL(π_k ‖ π_k+1) over the first {KL_UPDATES} updates", label
-                ),
+                cbar_label="log10 KL(π_0 ‖ π_1) (nats), median over runs",
+                title=with_context(f"{env}: KL of the first update, KL(π_0 ‖ π_1)", label),
             ),
-            f"{env}: the step in common units. Per run the median over its first "
-            f"{KL_UPDATES} updates of the recorded KL(π_k ‖ π_k+1) on the batch's states "
-            f"(nats; later updates of a collapsed run are ~0), then the median over "
+            f"{env}: the step in common units. Per run the recorded KL(π_0 ‖ π_1) of its "
+            f"first update on the batch's states (nats; every rule starts from the same π_0 "
+            f"of a seed; later updates of a collapsed run are ~0), then the median over "
             f"the cell's runs (annotated; colour log10): point estimates, no interval; "
             f"{seeds}. Same rows and columns as the phase diagram." + caption_context(label),
         )
@@ -359,7 +358,7 @@ def _phase_figures(section: Section, cells: pd.DataFrame, names, text) -> None:
         f"{prefix}_stepsize_cells{slug}",
         f"Per (rule, N, step): collapsed runs k of n with the Clopper–Pearson {ci} of the "
         f"fraction; final return (mean of the last ≤10 iterations) with its bootstrap {ci} "
-        f"over runs; median KL per update over each run's first {KL_UPDATES} updates (nats).",
+        f"over runs; median_kl: median over runs of the first update's KL(π_0 ‖ π_1) (nats).",
         cells,
         [*text["context"], *CELL],
         n="n",
