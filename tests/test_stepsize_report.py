@@ -185,6 +185,8 @@ def test_one_cell_of_three_seeds_cannot_decide():
     # 3/3 vs 0/3: CIs [0.292, 1] and [0, 0.708] overlap
     row = boundary_verdicts(_cells({"pg": [0, 0, 0, 3], "npg": [0, 0, 0, 0]})).iloc[0]
     assert row["moved"] and not row["decided"] and "cannot decide" in row["verdict"]
+    # pg's boundary is the grid's largest step: the shift is positive but of unknown size
+    assert "above the grid's largest step" in row["verdict"] and "0 decade" not in row["verdict"]
     paragraph = rule_paragraphs(boundary_verdicts(_cells({"pg": [0, 0, 0, 3], "npg": [0] * 4})))
     assert paragraph["verdict"][0].startswith("npg: cannot decide")
 

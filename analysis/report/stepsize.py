@@ -218,16 +218,20 @@ def _verdict_row(rule, n_traj, steps, mine, ref, confidence) -> dict:
         shift, text = 0.0, f"same boundary, step {fmt(b_ref)}"
     elif b_rule is None:
         shift = _decades(b_ref, top)
-        text = (
-            f"pg collapses from {fmt(b_ref)}, {rule} at no step up to {fmt(top)}: moved up, "
-            f"off the grid (by more than the {shift:.0f} decade(s) from {fmt(b_ref)} to "
-            f"{fmt(top)})"
+        text = f"pg collapses from {fmt(b_ref)}, {rule} at no step up to {fmt(top)}: moved up, " + (
+            f"off the grid (by more than the {shift:.0f} decade(s) from {fmt(b_ref)} to {fmt(top)})"
+            if shift > 0
+            else "above the grid's largest step (by an amount the grid cannot show)"
         )
     elif b_ref is None:
         shift = -_decades(b_rule, top)
         text = (
-            f"{rule} collapses from {fmt(b_rule)}, pg at no step up to {fmt(top)}: moved "
-            f"down (by more than the {-shift:.0f} decade(s) from {fmt(b_rule)} to {fmt(top)})"
+            f"{rule} collapses from {fmt(b_rule)}, pg at no step up to {fmt(top)}: moved down"
+            + (
+                f" (by more than the {-shift:.0f} decade(s) from {fmt(b_rule)} to {fmt(top)})"
+                if shift < 0
+                else " (pg's boundary lies above the grid)"
+            )
         )
     else:
         shift = _decades(b_ref, b_rule)
