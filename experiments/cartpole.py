@@ -23,19 +23,23 @@ checked in ``pglab_jobs.config.CartPoleSettings``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import hydra
 import pandas as pd
 from omegaconf import DictConfig
+from pglab_jobs.batching import BatchPlan
 from pglab_jobs.cli import preflight
 from pglab_jobs.config import CartPoleSettings, identity, validate_cartpole
 from pglab_jobs.job import JobContext, JobOutput, run_job
 from pglab_jobs.tracking import log_iteration
 
-from pglab import schema
+from pglab import checks, schema
 from pglab.collapse import CollapseConfig, CollapseDetector
-from pglab.gym import gradient_quality, policies
-from pglab.gym.training import TrainConfig, train
+from pglab.gym import gradient_quality, lockstep, policies, rollouts
+from pglab.gym.training import TrainConfig, TrainResult, train
 
 
 def train_config(settings: CartPoleSettings) -> TrainConfig:
@@ -95,7 +99,26 @@ def measure_gradient_quality(
     return rows
 
 
-def experiment(ctx: JobContext) -> JobOutput:
+@dataclass
+class Prepared:
+    """One job's training, built and ready to run alone or in a lock-step batch."""
+
+    settings: CartPoleSettings
+    config: TrainConfig
+    policy: policies.CategoricalPolicy
+    detector: CollapseDetector
+    collapse_config: CollapseConfig
+    callback: Callable[[dict], None]
+    quality_rows: list[dict]
+    bar: Any
+    group: tuple | None  # lock-step group (pglab.gym.lockstep.group_key); None: alone only
+
+    def lockstep_run(self) -> lockstep.LockstepRun:
+        return lockstep.LockstepRun(self.config, self.policy, self.detector, self.callback)
+
+
+def prepare(ctx: JobContext) -> Prepared:
+    """Build the job's policy, detector and per-iteration callback (nothing trained yet)."""
     settings: CartPoleSettings = ctx.settings  # checked by validate_cartpole
     n = settings.n_trajectories  # the one N: collector, TrainConfig and collapse window
     config = train_config(settings)
@@ -109,13 +132,11 @@ def experiment(ctx: JobContext) -> JobOutput:
     detector = CollapseDetector(collapse_config)
     gq = settings.gradient_quality
     checkpoints = set(gq.checkpoints) if gq.enabled else set()
-    collector = config.make_collector(
-        seed=settings.seed, max_episode_steps=settings.max_episode_steps
-    )
+    obs_dim, n_actions = rollouts.env_dims(settings.env_id)
     policy = policies.make_policy(
         settings.policy.kind,
-        collector.obs_dim,
-        collector.n_actions,
+        obs_dim,
+        n_actions,
         hidden_sizes=settings.policy.hidden_sizes,
         activation=settings.policy.activation,
         init_scale=settings.policy.init_scale,
@@ -132,11 +153,34 @@ def experiment(ctx: JobContext) -> JobOutput:
         total, f"{settings.update.name} N={n} {step}={settings.step_size} seed={settings.seed}"
     )
     steps_so_far = 0
+    rows = (ctx.cfg.get("logger") or {}).get("history_rows")
+    if rows is not None:
+        rows = checks.positive_int("logger.history_rows", rows)
+    last_mark, last_flags = -1, None
+
+    def wanted(metrics: dict) -> bool:
+        """Whether W&B gets this row: with ``logger.history_rows: R``, the first row, one
+        per 1/R of the budget, the last one, and every row where a flag changes (every row
+        when R is null or the run has at most R iterations). history.parquet keeps all."""
+        nonlocal last_mark, last_flags
+        k = int(metrics["iteration"])
+        done = metrics["env_steps"] if in_env_steps else k + 1
+        mark = -1 if rows is None else min(done, total) * rows // total
+        flags = (metrics["collapsed"], metrics["diverged"])
+        last = (
+            metrics["diverged"]
+            or (budget.iterations is not None and k + 1 >= budget.iterations)
+            or (budget.env_steps is not None and metrics["env_steps"] >= budget.env_steps)
+        )
+        keep = rows is None or mark != last_mark or flags != last_flags or last
+        last_mark, last_flags = mark, flags
+        return keep
 
     def on_iteration(metrics: dict) -> None:
         nonlocal steps_so_far
         k = int(metrics["iteration"])
-        log_iteration(ctx.tracker, metrics, detector.status)  # charted against env_steps
+        if wanted(metrics):
+            log_iteration(ctx.tracker, metrics, detector.status)  # charted against env_steps
         if in_env_steps:
             env_steps = int(metrics["env_steps"])
             advance = min(env_steps, total) - min(steps_so_far, total)
@@ -147,14 +191,59 @@ def experiment(ctx: JobContext) -> JobOutput:
         if k + 1 in checkpoints:  # checkpoint c = after c updates
             quality_rows.extend(measure_gradient_quality(settings, policy, k + 1, ctx))
 
-    try:
-        if 0 in checkpoints:
-            quality_rows.extend(measure_gradient_quality(settings, policy, 0, ctx))
-        result = train(config, policy, collector, detector=detector, callback=on_iteration)
-    finally:
-        bar.close()
-        collector.close()
+    if 0 in checkpoints:
+        quality_rows.extend(measure_gradient_quality(settings, policy, 0, ctx))
+    batchable = lockstep.unbatchable_reason(settings.env_id, policy) is None
+    group = None
+    if batchable:
+        group = lockstep.group_key(config, policy, max_episode_steps=settings.max_episode_steps)
+    return Prepared(
+        settings, config, policy, detector, collapse_config, on_iteration, quality_rows, bar, group
+    )
 
+
+def train_prepared(prepared: Prepared) -> TrainResult:
+    """Train one prepared job alone: lock-step with R = 1 for CartPole (so its numbers equal
+    the same job's inside any batch), :func:`train` with a RolloutCollector otherwise."""
+    settings = prepared.settings
+    try:
+        if prepared.group is not None:
+            (outcome,) = lockstep.train_lockstep(
+                [prepared.lockstep_run()], max_episode_steps=settings.max_episode_steps
+            )
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+        with prepared.config.make_collector(
+            seed=settings.seed, max_episode_steps=settings.max_episode_steps
+        ) as collector:
+            return train(
+                prepared.config,
+                prepared.policy,
+                collector,
+                detector=prepared.detector,
+                callback=prepared.callback,
+            )
+    finally:
+        prepared.bar.close()
+
+
+def train_group(group: list[Prepared], report=None) -> list[TrainResult | BaseException]:
+    """Train prepared jobs of one lock-step group together; one result or error each."""
+    try:
+        return lockstep.train_lockstep(
+            [p.lockstep_run() for p in group],
+            max_episode_steps=group[0].settings.max_episode_steps,
+            report=report,
+        )
+    finally:
+        for p in group:
+            p.bar.close()
+
+
+def finish(prepared: Prepared, result: TrainResult) -> JobOutput:
+    """The job's tables and summary from its training result."""
+    settings, collapse_config = prepared.settings, prepared.collapse_config
     ident = identity(schema.CARTPOLE, settings, update=settings.update.name)
     history = pd.DataFrame(result.history)
     for key, value in ident.items():
@@ -164,11 +253,11 @@ def experiment(ctx: JobContext) -> JobOutput:
         **result.summary(),
         "status": result.status,
         "collapse_window_episodes": collapse_config.window_episodes,
-        "collapse_window_iterations": collapse_config.window_iterations(n),
+        "collapse_window_iterations": collapse_config.window_iterations(settings.n_trajectories),
     }
     tables = {"history": history, "summary": pd.DataFrame([summary])}
-    if quality_rows:
-        quality = pd.DataFrame(quality_rows)
+    if prepared.quality_rows:
+        quality = pd.DataFrame(prepared.quality_rows)
         for key, value in ident.items():
             quality[key] = value
         tables["gradient_quality"] = quality
@@ -182,11 +271,31 @@ def experiment(ctx: JobContext) -> JobOutput:
     return JobOutput(tables=tables, summary=scalar_summary, status=result.status)
 
 
+def experiment(ctx: JobContext) -> JobOutput:
+    prepared = prepare(ctx)
+    return finish(prepared, train_prepared(prepared))
+
+
+def job_type(cfg: DictConfig) -> str:
+    """W&B job type and output directories (conf/cartpole.yaml) name the env: "acrobot"."""
+    return schema.env_slug(str(cfg.get("env_id")))
+
+
+# What hydra/launcher=batched needs to run many jobs of this app in one process.
+BATCH = BatchPlan(
+    experiment="cartpole",
+    validate=validate_cartpole,
+    job_type=job_type,
+    prepare=prepare,
+    run_group=train_group,
+    run_alone=train_prepared,
+    finish=finish,
+)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="cartpole")
 def main(cfg: DictConfig) -> str:
-    # W&B job type and output directories (conf/cartpole.yaml) name the env: "acrobot"
-    job_type = schema.env_slug(str(cfg.get("env_id")))
-    return run_job(cfg, "cartpole", experiment, validate=validate_cartpole, job_type=job_type)
+    return run_job(cfg, "cartpole", experiment, validate=validate_cartpole, job_type=job_type(cfg))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from pglab import checks
 from pglab.schema import JOB_STATUS_FILE, METADATA_FILE
 from pglab_jobs import job_dirname, naming, storage
 from pglab_jobs import progress as sweep_progress
-from pglab_jobs.metadata import base_metadata, job_hashes
+from pglab_jobs.metadata import base_metadata, compose_key, job_hashes
 from pglab_jobs.progress import Progress
 from pglab_jobs.tracking import DECISION_FILE, Tracker
 
@@ -74,9 +74,12 @@ class JobContext:
     show_progress: bool = True
     settings: Any = None  # the app's typed, validated config (what ``validate`` returned)
     show_bar: bool = True  # False in worker processes that share a terminal (line mode)
+    show_lines: bool = True  # False inside a batch: the batched launcher reports progress
 
     def progress(self, total: int, desc: str) -> Progress:
-        return Progress(total, desc, enabled=self.show_progress, bar=self.show_bar)
+        return Progress(
+            total, desc, enabled=self.show_progress, bar=self.show_bar, lines=self.show_lines
+        )
 
 
 @dataclass
@@ -358,6 +361,10 @@ def open_job(
         meta = base_metadata(experiment, config, facts.overrides, started_at=started_at)
         meta["sweep_name"] = cfg.get("sweep_name") if facts.multirun else None
         meta["run_dir"] = str(run_dir)
+        hc = HydraConfig.get()
+        meta["compose_key"] = compose_key(
+            hc.runtime.config_sources, hc.job.config_name, facts.overrides
+        )
         storage.write_json({**meta, "status": "running"}, run_dir / METADATA_FILE)
         _job_status(run_dir, "running")
         _set_aside_earlier_wandb_runs(run_dir)

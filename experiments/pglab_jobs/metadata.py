@@ -116,3 +116,32 @@ def base_metadata(
         "hostname": socket.gethostname(),
         "started_at": started_at or datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+@functools.cache
+def _tree_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    root = Path(path)
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(root)).encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def compose_key(config_sources: Any, config_name: str, task_overrides: list[str]) -> str | None:
+    """What determines a job's composed config, as one digest: every file of its config
+    directories (Hydra's ``runtime.config_sources`` of scheme ``file``), the primary config's
+    name, the task overrides (sorted) and Hydra's version. Equal keys compose equal configs,
+    so a launcher can skip a finished job before composing it (``None``: a source that is
+    not a directory, e.g. a package, so no key).
+    """
+    from hydra import __version__ as hydra_version
+
+    parts = [hydra_version, str(config_name)]
+    for source in config_sources:
+        if source.get("provider") == "hydra" or source.get("schema") == "structured":
+            continue  # Hydra's own and code-registered configs: they come with the versions
+        if source.get("schema") != "file" or not Path(source.get("path", "")).is_dir():
+            return None
+        parts.append(_tree_digest(str(Path(source["path"]).resolve())))
+    parts.extend(sorted(task_overrides))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()

@@ -45,9 +45,13 @@ class Progress:
         desc: what the job is, shown first on every line.
         enabled: ``False`` (``progress=false``) never draws a bar; lines are still logged.
         bar: ``False`` forces line mode (a worker process sharing a terminal with others).
+        lines: ``False`` logs no lines either (a job inside a batch, whose launcher reports
+            the batch's progress instead).
     """
 
-    def __init__(self, total: int, desc: str, enabled: bool = True, bar: bool = True) -> None:
+    def __init__(
+        self, total: int, desc: str, enabled: bool = True, bar: bool = True, lines: bool = True
+    ) -> None:
         self.total = max(int(total), 1)
         self.desc = desc
         self.count = 0
@@ -55,6 +59,7 @@ class Progress:
         self.next_tenth = 1  # the next multiple of 10 % to report
         self.next_time = self.start + LINE_EVERY_S
         self.postfix = ""
+        self.lines = lines
         self.bar = (
             tqdm(total=self.total, desc=desc, leave=False)
             if enabled and bar and sys.stderr.isatty()
@@ -69,6 +74,8 @@ class Progress:
             self.bar.update(n)
             if postfix:
                 self.bar.set_postfix_str(postfix, refresh=False)
+            return
+        if not self.lines:
             return
         tenths = 10 * self.count // self.total  # integers: no drift at 30 %
         now = time.perf_counter()

@@ -240,8 +240,15 @@ class Tracker:
             dir=str(directory),
             mode=mode,
             reinit="create_new",  # the batched launcher keeps many runs open at once
+            # No requirements.txt: scanning every installed distribution costs ~55 ms
+            # per run (measured; most of an offline start), and metadata.json (attached
+            # to the run) records the versions that matter.
             settings=wandb.Settings(
-                silent=True, console="off", init_timeout=init_timeout, x_disable_stats=True
+                silent=True,
+                console="off",
+                init_timeout=init_timeout,
+                x_disable_stats=True,
+                x_save_requirements=False,
             ),
         )
 

@@ -65,7 +65,7 @@ from pglab import checks
 from pglab.gym.policies import CategoricalPolicy
 from pglab.threads import thread_invariant
 
-__all__ = ["EpisodeBatch", "RolloutCollector"]
+__all__ = ["EpisodeBatch", "RolloutCollector", "env_dims"]
 
 # Rows of time allocated at first; buffers double whenever an episode runs longer.
 _INITIAL_CAPACITY = 128
@@ -125,6 +125,33 @@ def _env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
         ) from exc
 
 
+def env_dims(env_id: str, **make_kwargs: Any) -> tuple[int, int]:
+    """(obs_dim, n_actions) of ``env_id``, refusing what a categorical policy cannot play.
+
+    Builds one copy (``gym.make(env_id, **make_kwargs)``); the action space must be
+    ``Discrete(n)`` with n >= 2 actions numbered from 0 and the observation space a flat Box.
+    """
+    probe = gym.make(env_id, **make_kwargs)
+    action_space, observation_space = probe.action_space, probe.observation_space
+    probe.close()
+    if not isinstance(action_space, spaces.Discrete):
+        raise ValueError(
+            f"env_id={env_id!r} has action space {action_space}; RolloutCollector needs a "
+            "Discrete action space (categorical policies only)"
+        )
+    if int(action_space.start) != 0 or int(action_space.n) < 2:
+        raise ValueError(
+            f"env_id={env_id!r} has action space {action_space}; expected Discrete(n) with "
+            "n >= 2 actions numbered from 0"
+        )
+    if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 1:
+        raise ValueError(
+            f"env_id={env_id!r} has observation space {observation_space}; "
+            "RolloutCollector needs a flat Box observation space [obs_dim]"
+        )
+    return int(observation_space.shape[0]), int(action_space.n)
+
+
 class RolloutCollector:
     """Collects exactly ``n_trajectories`` complete episodes per call (see the module doc).
 
@@ -179,31 +206,14 @@ class RolloutCollector:
         kwargs = dict(env_kwargs or {})
 
         # Check the spaces on one cheap copy before building N of them.
-        probe = gym.make(env_id, max_episode_steps=int(time_limit), **kwargs)
-        action_space, observation_space = probe.action_space, probe.observation_space
-        probe.close()
-        if not isinstance(action_space, spaces.Discrete):
-            raise ValueError(
-                f"env_id={env_id!r} has action space {action_space}; RolloutCollector needs a "
-                "Discrete action space (categorical policies only)"
-            )
-        if int(action_space.start) != 0 or int(action_space.n) < 2:
-            raise ValueError(
-                f"env_id={env_id!r} has action space {action_space}; expected Discrete(n) with "
-                "n >= 2 actions numbered from 0"
-            )
-        if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 1:
-            raise ValueError(
-                f"env_id={env_id!r} has observation space {observation_space}; "
-                "RolloutCollector needs a flat Box observation space [obs_dim]"
-            )
+        obs_dim, n_actions = env_dims(env_id, max_episode_steps=int(time_limit), **kwargs)
 
         self.env_id = env_id
         self.n_trajectories = int(n_trajectories)
         self.seed = int(seed)
         self.max_episode_steps = int(time_limit)
-        self._obs_dim = int(observation_space.shape[0])
-        self._n_actions = int(action_space.n)
+        self._obs_dim = obs_dim
+        self._n_actions = n_actions
         self.vectorization_mode = vectorization_mode
         if vectorization_mode == "vector_entry_point":
             self.env = gym.make_vec(

@@ -1,0 +1,333 @@
+"""Many jobs of one sweep in one process: the work behind ``hydra/launcher=batched``.
+
+An app that can batch exposes ``BATCH = BatchPlan(...)`` beside its ``main``
+(``experiments/cartpole.py`` does). The launcher then runs a sweep in three passes:
+
+1. **open** every job in its own Hydra job context, in sweep order: compose its config,
+   check it, skip it if a finished twin exists (resume), write its ``metadata.json``
+   (status ``running``), start its W&B run, and ``prepare`` it (policy, detector, callback;
+   nothing trained). A job that fails here ends ``failed`` on its own, as with any launcher;
+2. **train** the prepared jobs, grouped by ``prepared.group`` (equal groups can share a
+   lock-step batch, at most ``max_batch`` runs each; ``None``: the job runs alone) with
+   ``run_group`` / ``run_alone``. A run that raises or diverges ends on its own; the rest
+   of its batch goes on;
+3. **close** every job in its Hydra job context again: ``finish`` turns its result into
+   tables and summary, which :func:`pglab_jobs.job.close_job` writes (parquet, then
+   metadata, W&B summary and finish, the closing line in the job's own log file).
+
+Apps without a ``BATCH`` (the tabular apps) run one job after another in the launching
+process, exactly as the basic launcher does. Everything a job leaves behind (directory,
+files, metadata, W&B run, status, resume by config hash, the end-of-sweep summary) is the
+same as under any other launcher; only the wall time differs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import (
+    JobReturn,
+    JobStatus,
+    configure_log,
+    filter_overrides,
+    run_job,
+    setup_globals,
+)
+from omegaconf import DictConfig, open_dict
+
+from pglab.schema import JOB_STATUS_FILE
+from pglab_jobs import progress as sweep_progress
+from pglab_jobs import storage
+from pglab_jobs.job import (
+    JobContext,
+    JobOutput,
+    OpenJob,
+    _best_effort,
+    _job_dirs,
+    _job_status,
+    close_job,
+    open_job,
+)
+from pglab_jobs.metadata import compose_key
+
+log = logging.getLogger("pglab.batched")
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How the batched launcher runs an app's jobs (see the module docstring).
+
+    ``prepare(ctx)`` returns an object with a ``group`` attribute (hashable, or ``None``);
+    ``run_group(prepared_list, report=...)`` returns one result or exception per job;
+    ``run_alone(prepared)`` returns a result or raises; ``finish(prepared, result)`` returns
+    the :class:`JobOutput`.
+    """
+
+    experiment: str
+    validate: Callable[[DictConfig], Any]
+    job_type: Callable[[DictConfig], str]
+    prepare: Callable[[JobContext], Any]
+    run_group: Callable[..., list[Any]]
+    run_alone: Callable[[Any], Any]
+    finish: Callable[[Any, Any], JobOutput]
+
+
+@dataclass
+class _Pending:
+    ret: JobReturn
+    config: DictConfig  # the job's composed config, hydra node included
+    job: OpenJob
+    prepared: Any
+    outcome: Any = None  # the training result, or the exception that ended it
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def plan_of(task_function: Callable) -> BatchPlan | None:
+    """The ``BATCH`` plan of the module that defines ``task_function``, if it has one."""
+    plan = getattr(task_function, "__globals__", {}).get("BATCH")
+    return plan if isinstance(plan, BatchPlan) else None
+
+
+def _open(plan: BatchPlan, holder: dict[str, Any]) -> Callable[[DictConfig], str]:
+    def task(cfg: DictConfig) -> str:
+        job = open_job(cfg, plan.experiment, validate=plan.validate, job_type=plan.job_type(cfg))
+        if isinstance(job, str):
+            return job  # skipped (a finished twin), or failed its checks
+        job.context.show_lines = False  # the launcher reports the batch's progress
+        try:
+            prepared = plan.prepare(job.context)
+        except BaseException as error:
+            return close_job(job, error)
+        holder["job"], holder["prepared"] = job, prepared
+        return "pending"
+
+    return task
+
+
+def finished_before_composing(
+    config: DictConfig, job_overrides: Sequence[Sequence[str]]
+) -> dict[int, Path]:
+    """Jobs (by position) that already finished in the sweep directory, found without
+    composing their configs: a finished, intact job whose recorded ``compose_key`` (config
+    files, config name, overrides; :func:`pglab_jobs.metadata.compose_key`) equals theirs.
+    Anything else (older jobs without the key, changed config files) is left to the usual
+    check by config hash, which composes first.
+    """
+    if not config.get("resume", True):
+        return {}
+    sources = config.hydra.runtime.config_sources
+    name = config.hydra.job.config_name
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    finished: dict[str, Path] = {}
+    for job_dir in _job_dirs(sweep_dir):
+        meta = storage.read_metadata(job_dir)
+        key = meta.get("compose_key") if meta else None
+        if key and key not in finished and storage.is_finished(job_dir, meta):
+            finished[key] = job_dir
+    found = {}
+    for position, overrides in enumerate(job_overrides):
+        key = compose_key(sources, name, list(overrides))
+        if key in finished:
+            found[position] = finished[key]
+    return found
+
+
+def _skip(job_dir: Path, sweep_dir: Path, idx: int, overrides: Sequence[str]) -> JobReturn:
+    log.info("\t#%d : skip, already finished in %s", idx, job_dir.name)
+    _best_effort(JOB_STATUS_FILE, job_dir, lambda: _job_status(job_dir, "skipped"))
+    sweep_progress.record_job_end(sweep_dir, sweep_progress.job_key(job_dir, idx), "skipped")
+    ret = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
+    ret.return_value = "skipped"
+    return ret
+
+
+def _in_job_context(config: DictConfig) -> None:
+    """Make ``config``'s job current again: Hydra's config singleton and its log file."""
+    HydraConfig.instance().set_config(config)
+    configure_log(config.hydra.job_logging, config.hydra.verbose)
+
+
+def _report(label: str) -> Callable[[Any], None]:
+    def report(progress: Any) -> None:
+        rate = progress.env_steps / progress.wall_time if progress.wall_time > 0 else 0.0
+        log.info(
+            "%s: %d of %d runs finished, %.2fM env steps, %.0fk steps/s, %.0fs",
+            label,
+            progress.finished,
+            progress.runs,
+            progress.env_steps / 1e6,
+            rate / 1e3,
+            progress.wall_time,
+        )
+
+    return report
+
+
+def launch(
+    *,
+    hydra_context: Any,
+    task_function: Callable,
+    config: DictConfig,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+    max_batch: int,
+    n_jobs: int | None = None,
+) -> list[JobReturn]:
+    """Run every job of ``job_overrides`` (see the module docstring); one return per job.
+
+    Finished jobs are skipped first (:func:`finished_before_composing`). The rest are dealt
+    round-robin into ``n_jobs`` shards (``None``: one per CPU core, at most one per job),
+    each run by one process (joblib's loky workers; ``1``: this process). A job's numbers
+    do not depend on its shard or batch.
+    """
+    setup_globals()
+    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    plan = plan_of(task_function)
+    returns: dict[int, JobReturn] = {}
+    done_before = finished_before_composing(config, job_overrides)
+    if done_before:
+        log.info("%d of %d jobs finished before: skipped", len(done_before), len(job_overrides))
+    for offset, job_dir in done_before.items():
+        idx = initial_job_idx + offset
+        returns[offset] = _skip(job_dir, sweep_dir, idx, job_overrides[offset])
+    todo = [(o, list(ov)) for o, ov in enumerate(job_overrides) if o not in done_before]
+    workers = min(len(todo), n_jobs or os.cpu_count() or 1) if plan is not None else 1
+    how = "in lock-step batches" if plan is not None else "one after another (no batch plan)"
+    log.info(
+        "Launching %d jobs in %s, %s",
+        len(todo),
+        "this process" if workers <= 1 else f"{workers} worker processes",
+        how,
+    )
+    if workers <= 1:
+        shard_returns = [
+            run_shard(hydra_context, task_function, plan, config, todo, initial_job_idx, max_batch)
+        ]
+    else:
+        from joblib import Parallel, delayed
+
+        state = Singleton.get_state()
+        shard_returns = Parallel(n_jobs=workers, backend="loky")(
+            delayed(_run_shard_in_worker)(
+                state,
+                hydra_context,
+                task_function,
+                plan,
+                config,
+                todo[w::workers],
+                initial_job_idx,
+                max_batch,
+            )
+            for w in range(workers)
+        )
+    for shard in shard_returns:
+        returns.update(shard)
+    return [returns[offset] for offset in range(len(job_overrides))]
+
+
+def _run_shard_in_worker(state: Any, *args: Any) -> dict[int, JobReturn]:
+    setup_globals()
+    Singleton.set_state(state)
+    return run_shard(*args)
+
+
+def run_shard(
+    hydra_context: Any,
+    task_function: Callable,
+    plan: BatchPlan | None,
+    config: DictConfig,
+    jobs: list[tuple[int, list[str]]],
+    initial_job_idx: int,
+    max_batch: int,
+) -> dict[int, JobReturn]:
+    """Open, train and close the ``jobs`` ``(offset, overrides)`` in this process."""
+    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    returns: dict[int, JobReturn] = {}
+    pending: list[_Pending] = []
+    start = time.perf_counter()
+    for offset, overrides in jobs:
+        idx = initial_job_idx + offset
+        log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
+        sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = idx
+            sweep_config.hydra.job.num = idx
+        holder: dict[str, Any] = {}
+        task = task_function if plan is None else _open(plan, holder)
+        ret = run_job(
+            hydra_context=hydra_context,
+            task_function=task,
+            config=sweep_config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+        returns[offset] = ret
+        if "job" in holder:
+            pending.append(_Pending(ret, sweep_config, holder["job"], holder["prepared"]))
+        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    if plan is None or not pending:
+        return returns
+    opened = time.perf_counter() - start
+    log.info(
+        "%d of %d jobs opened in %.1fs (the others skipped or failed); training",
+        len(pending),
+        len(jobs),
+        opened,
+    )
+
+    groups: dict[Any, list[_Pending]] = {}
+    alone: list[_Pending] = []
+    for item in pending:
+        group = getattr(item.prepared, "group", None)
+        (alone if group is None else groups.setdefault(group, [])).append(item)
+    batches = [
+        members[i : i + max_batch]
+        for members in groups.values()
+        for i in range(0, len(members), max_batch)
+    ]
+    for number, batch in enumerate(batches, 1):
+        label = f"batch {number}/{len(batches)}"
+        log.info("%s: %d runs in lock-step", label, len(batch))
+        try:
+            outcomes = plan.run_group([item.prepared for item in batch], report=_report(label))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as error:  # the whole batch failed to start: each job says so
+            outcomes = [error] * len(batch)
+        for item, outcome in zip(batch, outcomes, strict=True):
+            item.outcome = outcome
+    for item in alone:
+        try:
+            item.outcome = plan.run_alone(item.prepared)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as error:
+            item.outcome = error
+    trained = time.perf_counter() - start - opened
+    log.info("trained %d runs in %.1fs; writing results", len(pending), trained)
+
+    original = HydraConfig.instance().cfg
+    try:
+        for item in pending:
+            _in_job_context(item.config)
+            outcome = item.outcome
+            if not isinstance(outcome, BaseException):
+                try:
+                    outcome = plan.finish(item.prepared, outcome)
+                except Exception as error:
+                    outcome = error
+            item.ret.return_value = close_job(item.job, outcome)
+    finally:
+        HydraConfig.instance().cfg = original
+        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    return returns
