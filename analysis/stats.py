@@ -436,3 +436,38 @@ def calibration_rates(
             row["coverage"], row["coverage_se"] = cover["rate"], cover["se"]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def convergence_rates(
+    gaps: Sequence[float] | np.ndarray, start: int, stop: int
+) -> dict[str, float]:
+    """Sublinear and linear rate fits of a suboptimality curve over iterates ``[start, stop)``.
+
+    The least-squares fits of ``pglab.tabular.natural.fit_sublinear_rate`` and
+    ``fit_linear_rate`` on stored values (analysis/ does not import pglab's maths; a test
+    checks that the two agree to round-off):
+
+    * ``exponent``: slope of ``log gap_t`` on ``log t`` (``gap_t ~ C t^exponent``; plain
+      softmax PG on a bandit: −1);
+    * ``contraction``: ``exp`` of the slope of ``log gap_t`` on ``t``, the factor the gap
+      shrinks by per iterate (exact NPG on a bandit: ``e^(−ηΔ)``);
+    * ``constant``: ``t gap_t`` at the window's last iterate (``C`` when the exponent is −1).
+
+    Args:
+        gaps: ``[K]``, ``gaps[t]`` the gap at iterate t; the window's values must be finite
+            and > 0, and ``1 <= start``, ``stop - start >= 2``.
+    """
+    y = np.asarray(gaps, dtype=float)[start:stop]
+    t = np.arange(start, start + len(y), dtype=float)
+    if start < 1 or len(y) < 2 or not np.all(np.isfinite(y) & (y > 0)):
+        raise ValueError(
+            f"a rate fit needs start >= 1 and >= 2 finite gaps > 0 in [{start}, {stop}), "
+            f"got start={start} and {len(y)} point(s)"
+        )
+    exponent = np.polyfit(np.log(t), np.log(y), 1)[0]
+    slope = np.polyfit(t, np.log(y), 1)[0]
+    return {
+        "exponent": float(exponent),
+        "contraction": float(np.exp(slope)),
+        "constant": float(t[-1] * y[-1]),
+    }

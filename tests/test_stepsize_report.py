@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from conftest import run_app
 
+from analysis import stats
 from analysis.load import load_results
 from analysis.report import main
 from analysis.report.ascent import rate_table, rate_window, run_rates
@@ -28,7 +29,7 @@ from analysis.report.stepsize import (
     rule_labels,
     rule_paragraphs,
 )
-from pglab.tabular import zoo
+from pglab.tabular import natural, zoo
 
 RESAMPLES = "500"
 COMMON = ("logger=none", "progress=false")
@@ -254,3 +255,23 @@ def test_fitted_rates_of_the_ascent_app_on_a_bandit_match_the_theory(tmp_path):
     assert rates.loc["pg", "window"] == "[1500, 3000)"
     assert rates.loc["pg", "exponent"] == pytest.approx(-1.0, abs=0.05)
     assert rates.loc["pg", "constant"] == pytest.approx(2 / (3 * alpha), rel=0.05)
+
+
+@pytest.mark.parametrize("rule", ["pg", "npg"])
+def test_report_rate_fits_equal_the_ones_of_pglab_tabular_natural(rule):
+    """analysis/ does not import pglab's maths: its fits restate natural.fit_* on stored
+    values, so the two must agree (same least squares, round-off only)."""
+    import torch
+
+    mdp = zoo.make("garnet", n_states=1, n_actions=3, branching=1, horizon=1)
+    theta0 = torch.zeros(1, 3, dtype=torch.float64)
+    iterates = natural.exact_iterates(mdp, theta0, rule, 0.5, 300)
+    gaps = (float(mdp.rewards.max()) - iterates.returns).numpy()
+    start, stop, status = rate_window(gaps, 1.0)
+    assert status == "ok"
+    mine = stats.convergence_rates(gaps, start, stop)
+    sublinear = natural.fit_sublinear_rate(gaps, start=start, stop=stop)
+    linear = natural.fit_linear_rate(gaps, start=start, stop=stop)
+    assert mine["exponent"] == pytest.approx(sublinear.slope, rel=1e-12)
+    assert mine["constant"] == pytest.approx(sublinear.constant, rel=1e-12)
+    assert mine["contraction"] == pytest.approx(linear.contraction, rel=1e-12)

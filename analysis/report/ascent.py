@@ -5,10 +5,11 @@ is one update; the sampled gradient is the only randomness).
 
 Convergence rates (issue 10), for runs on the exact gradient: the suboptimality
 ``J* − J(θ_t)`` against ``t`` on log-log axes, one colour per update rule, and per run the
-fitted rates of :mod:`pglab.tabular.natural`: the exponent of ``gap_t ~ C t^slope``
-(``fit_sublinear_rate``; PG on a bandit: −1, Mei et al. 2020) and the contraction per
-step of ``gap_t ~ exp(a + b t)`` (``fit_linear_rate``; exact NPG on a bandit:
-``e^(−ηΔ)``), both on the window :func:`rate_window` chooses.
+fitted rates (:func:`analysis.stats.convergence_rates`, the least-squares fits of
+``pglab.tabular.natural.fit_sublinear_rate`` / ``fit_linear_rate``): the exponent of
+``gap_t ~ C t^slope`` (PG on a bandit: −1, Mei et al. 2020) and the contraction per step
+of ``gap_t ~ exp(a + b t)`` (exact NPG on a bandit: ``e^(−ηΔ)``), both on the window
+:func:`rate_window` chooses.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from analysis.report.common import (
     with_context,
 )
 from pglab.schema import TABULAR_ASCENT
-from pglab.tabular.natural import fit_linear_rate, fit_sublinear_rate
 
 CELL = ["gradient_label", "step_size"]
 #: Gaps at or below ROUND_OFF * max(1, |J*|) are round-off: a rate window ends before them.
@@ -214,12 +214,7 @@ def run_rates(run: pd.DataFrame) -> dict:
         return {k: v for k, v in found[0].items() if k != "_fit"} | empty
     best = min(ok, key=lambda f: f["final_gap"])
     gaps, start, stop = best.pop("_fit")
-    sublinear = fit_sublinear_rate(gaps, start=start, stop=stop)
-    return best | {
-        "exponent": sublinear.slope,
-        "contraction": fit_linear_rate(gaps, start=start, stop=stop).contraction,
-        "constant": sublinear.constant,
-    }
+    return best | stats.convergence_rates(gaps, start, stop)
 
 
 def rate_table(history: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
