@@ -70,6 +70,7 @@ def test_runs_of_other_row_counts_or_architectures_are_refused_together():
     with pytest.raises(ValueError, match="differ"):
         train_lockstep([_run(1, 1e-3, 0), _run(9, 1e-3, 0)])  # M = 8 vs 16
     assert padded_rows(1) == padded_rows(8) == 8 and padded_rows(9) == 16
+    assert padded_rows(1, (64, 64)) == 8 and padded_rows(1, (10,)) == 32
     a, b = _run(1, 1e-3, 0), _run(2, 1e-3, 0)
     assert group_key(a.config, a.policy) == group_key(b.config, b.policy)
     assert unbatchable_reason("Acrobot-v1") is not None
@@ -131,3 +132,20 @@ def test_episode_starts_are_the_runs_own_draws_from_cartpoles_reset_law(monkeypa
         expected = rng.uniform(-0.05, 0.05, size=(4, 100)).T.astype(np.float32)
         assert np.array_equal(batch.observations[:, 0].numpy(), expected)
     assert len(seen) == 2
+
+
+def test_odd_widths_and_activations_stay_bit_identical_in_batches_of_any_size():
+    # hidden width 10 with elu: rows are padded to M = 32 so that M x 10 is a multiple of
+    # 64 and the element-wise activation never runs a tail; batches of 1, 2 and 3 runs.
+    def run(seed):
+        config = TrainConfig(
+            n_trajectories=3, step_size=1e-2, seed=seed, max_iterations=8, variance_every=3
+        )
+        policy = make_policy("mlp", 4, 2, hidden_sizes=(10,), activation="elu", seed=seed)
+        return LockstepRun(config, policy)
+
+    alone = [train_lockstep([run(s)])[0] for s in range(3)]
+    pair = train_lockstep([run(1), run(2)])
+    trio = train_lockstep([run(2), run(0), run(1)])
+    assert _same(alone[1], pair[0]) and _same(alone[2], pair[1])
+    assert _same(alone[2], trio[0]) and _same(alone[0], trio[1]) and _same(alone[1], trio[2])

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
@@ -128,12 +129,66 @@ def per_episode_gradients(
         log_pi = torch.log_softmax(logits, dim=-1).gather(-1, act.long().unsqueeze(-1))
         return torch.where(m, w * log_pi.squeeze(-1), torch.zeros_like(w)).sum()
 
+    if _is_linear_stack(policy, names):
+        return _linear_stack_per_episode(policy, obs, actions, w_all, mask, chunk_size)
     per_episode = vmap(grad(episode_objective), in_dims=(None, 0, 0, 0, 0))
     rows = []
     for start in range(0, mask.shape[0], chunk_size):
         sl = slice(start, start + chunk_size)
         g = per_episode(params, obs[sl], actions[sl], w_all[sl], mask[sl])
         rows.append(torch.cat([g[name].reshape(g[name].shape[0], -1) for name in names], dim=1))
+    return torch.cat(rows, dim=0)
+
+
+def _is_linear_stack(policy: nn.Module, names: list[str]) -> bool:
+    """A :class:`CategoricalPolicy`: ``layers`` of ``nn.Linear`` with an element-wise
+    ``_activation`` between them, every parameter trainable."""
+    from pglab.gym.policies import CategoricalPolicy
+
+    if type(policy) is not CategoricalPolicy:
+        return False
+    expected = [
+        f"layers.{i}.{kind}" for i in range(len(policy.layers)) for kind in ("weight", "bias")
+    ]
+    return names == expected
+
+
+def _linear_stack_per_episode(
+    policy: nn.Module, obs: Tensor, actions: Tensor, w_all: Tensor, mask: Tensor, chunk_size: int
+) -> Tensor:
+    """Per-episode gradients of a linear stack by one backward to the layer outputs.
+
+    The objective sum_{i,t} Psi_{i,t} log pi(a_{i,t} | s_{i,t}) is a sum over steps, and
+    step (i, t) reaches layer l only through its own pre-activation z_{l,i,t}, so one
+    backward gives every delta_{l,i,t} = d objective / d z_{l,i,t}; then
+    grad_{W_l} g_i = sum_t delta_{l,i,t} x_{l-1,i,t}^T (a batched product over t) and
+    grad_{b_l} g_i = sum_t delta_{l,i,t}. Padded steps have Psi = 0 and observation 0, so
+    their deltas are exactly 0. Same maths as the ``vmap(grad)`` route, about ten times
+    fewer operator calls; rows agree to float rounding (tests/test_gradients.py).
+    """
+    layers = list(policy.layers)
+    dtype = layers[-1].weight.dtype
+    activation = policy._activation
+    rows = []
+    for start in range(0, mask.shape[0], chunk_size):
+        sl = slice(start, start + chunk_size)
+        x = obs[sl].to(dtype)
+        inputs, outputs = [], []
+        with torch.enable_grad():
+            for i, layer in enumerate(layers):
+                inputs.append(x)
+                z = F.linear(x, layer.weight.detach(), layer.bias.detach()).requires_grad_()
+                outputs.append(z)
+                x = activation(z) if i < len(layers) - 1 else z
+            log_pi = torch.log_softmax(x, dim=-1).gather(-1, actions[sl].long().unsqueeze(-1))
+            objective = (w_all[sl] * log_pi.squeeze(-1)).sum()
+            deltas = torch.autograd.grad(objective, outputs)
+        parts = []
+        for x_in, delta in zip(inputs, deltas, strict=True):
+            n = delta.shape[0]
+            parts.append(torch.bmm(delta.transpose(1, 2), x_in.detach()).reshape(n, -1))
+            parts.append(delta.sum(dim=1))
+        rows.append(torch.cat(parts, dim=1))
     return torch.cat(rows, dim=0)
 
 

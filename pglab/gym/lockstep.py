@@ -22,12 +22,17 @@ alone (R = 1, which is how the CartPole app plays a single run):
   consumes another's random numbers. The dynamics are element-wise numpy, the same
   arithmetic in every column.
 * **Actions** use U ~ U[0, 1) from the run's ``Learner.generator``, one per copy and step
-  (``torch.rand(block, N)`` every ``UNIFORM_BLOCK`` steps), and the inverse CDF of
-  softmax(logits) (the law of :meth:`CategoricalPolicy.sample`).
+  (``torch.rand(block, N)`` every ``UNIFORM_BLOCK`` steps), with the law of
+  :meth:`CategoricalPolicy.sample` (:meth:`PolicyStack.sample`). Element-wise
+  transcendental kernels are *not* position-independent (measured: ``torch.sigmoid`` on a
+  slice differs in the last bit from the same values inside a longer tensor, for 171 of
+  399 slice lengths), so they only ever run on a run's own block (logit(U)); the batch
+  sees exact operations (subtraction, comparison) and row-wise kernels.
 * **Logits** come from ``torch.bmm`` on ``[R, M, d]`` blocks. A matrix product's rows
   can depend on how many rows it is given (measured here: ``[M, 64] @ [64, 2]`` rows change
   below M = 16), so every run pads its rows to M = :func:`padded_rows` (N rounded up to a
-  multiple of 8) whether alone or in a batch, and only runs with the same M share a
+  multiple of 8, and so that M x width is a multiple of 64 for the activation) whether
+  alone or in a batch, and only runs with the same M share a
   batch; a slice of ``torch.bmm`` does not depend on the other slices (tested).
 * **Updates** are the run's own Learner on its own batch: identical code either way.
 
@@ -84,10 +89,16 @@ UNIFORM_BLOCK = 256
 RESET_LOW, RESET_HIGH = -0.05, 0.05
 
 
-def padded_rows(n_trajectories: int) -> int:
-    """M: the rows a run of N episodes occupies, N rounded up to a multiple of ROW_BLOCK."""
+def padded_rows(n_trajectories: int, hidden_sizes: Sequence[int] = ()) -> int:
+    """M: the rows a run of N episodes occupies: N rounded up to a multiple of ROW_BLOCK,
+    and further until M x h is a multiple of 64 for every hidden width h, so that the
+    activation's element-wise kernel sees whole vectors only (no tail, whose last bits
+    can differ) whatever the number of runs."""
     n = checks.positive_int("n_trajectories", n_trajectories)
-    return -(-n // ROW_BLOCK) * ROW_BLOCK
+    m = -(-n // ROW_BLOCK) * ROW_BLOCK
+    while any((m * int(h)) % 64 for h in hidden_sizes):
+        m += ROW_BLOCK
+    return m
 
 
 def _vector_env_class() -> type:
@@ -117,7 +128,7 @@ def group_key(config: TrainConfig, policy: CategoricalPolicy, **env: Any) -> tup
     return (
         config.env_id,
         tuple(sorted(env.items())),
-        padded_rows(config.n_trajectories),
+        padded_rows(config.n_trajectories, policy.hidden_sizes),
         policy.obs_dim,
         policy.n_actions,
         policy.hidden_sizes,
@@ -129,8 +140,9 @@ def group_key(config: TrainConfig, policy: CategoricalPolicy, **env: Any) -> tup
 class PolicyStack:
     """R policies of one architecture evaluated together: logits ``[R, M, d] -> [R, M, A]``.
 
-    Layer l of run r is ``weights[l][r] [out, in]``, ``biases[l][r] [1, out]``; hidden layers
-    apply the policies' activation. :meth:`load` copies a run's current parameters in.
+    Layer l of run r is kept transposed, ``weights_t[l][r] [in, out]``, with
+    ``biases[l][r] [1, out]``, so a layer is one ``baddbmm``; hidden layers apply the
+    policies' activation. :meth:`load` copies a run's current parameters in.
     """
 
     def __init__(self, policies: Sequence[CategoricalPolicy]) -> None:
@@ -146,10 +158,11 @@ class PolicyStack:
             if policy.dtype != first.dtype:
                 raise ValueError(f"policies[{r}] has dtype {policy.dtype}, not {first.dtype}")
         self.dtype = first.dtype
+        self.n_actions = first.n_actions
         self.activation = ACTIVATIONS[first.activation]
         with torch.no_grad():
-            self.weights = [
-                torch.stack([p.layers[i].weight.detach().clone() for p in policies])
+            self.weights_t = [
+                torch.stack([p.layers[i].weight.detach().T for p in policies]).contiguous()
                 for i in range(len(first.layers))
             ]
             self.biases = [
@@ -161,24 +174,41 @@ class PolicyStack:
         """Copy ``policy``'s current parameters into slot r."""
         with torch.no_grad():
             for i, layer in enumerate(policy.layers):
-                self.weights[i][r].copy_(layer.weight)
+                self.weights_t[i][r].copy_(layer.weight.T)
                 self.biases[i][r, 0].copy_(layer.bias)
 
     def logits(self, obs: Tensor) -> Tensor:
         """``[R, M, obs_dim] -> [R, M, A]``: l = W_L g(... g(W_1 s + b_1) ...) + b_L per run."""
         x = obs if obs.dtype == self.dtype else obs.to(self.dtype)
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            x = torch.bmm(x, w.transpose(1, 2)) + b
+        last = len(self.weights_t) - 1
+        for i, (w, b) in enumerate(zip(self.weights_t, self.biases, strict=True)):
+            x = torch.baddbmm(b, x, w)
             if i < last:
                 x = self.activation(x)
         return x
 
-    def sample(self, obs: Tensor, u: Tensor) -> Tensor:
-        """a = #{k < A-1 : C_k <= U} with C the cumulative softmax: ``[R, M]`` int64."""
+    def draws(self, u: Tensor) -> Tensor:
+        """What :meth:`sample` compares against, from U ~ U[0, 1): logit(U) = log U - log(1-U)
+        for two actions, U itself otherwise. Called on each run's own block of uniforms, so
+        its (element-wise, position-sensitive) arithmetic never sees another run's values."""
+        if self.n_actions == 2:
+            return torch.log(u) - torch.log1p(-u)
+        return u
+
+    def sample(self, obs: Tensor, draws: Tensor) -> Tensor:
+        """Actions ``[R, M]`` int64 with law softmax(logits), from ``draws`` ``[R, M]``.
+
+        Two actions: a = 1[logit(U) < l_1 - l_0], i.e. U < sigmoid(l_1 - l_0) = pi(1|s),
+        using only a subtraction and a comparison on the batch (exact, so a run's actions
+        cannot depend on where its rows sit). More actions: the inverse CDF
+        a = #{k < A-1 : C_k <= U}, C the cumulative softmax (row-wise kernels).
+        """
         with torch.no_grad():
-            cdf = torch.softmax(self.logits(obs), dim=-1).cumsum(dim=-1)
-            return (cdf[..., :-1] <= u.unsqueeze(-1).to(cdf.dtype)).sum(dim=-1)
+            logits = self.logits(obs)
+            if self.n_actions == 2:
+                return (draws.to(logits.dtype) < logits[..., 1] - logits[..., 0]).long()
+            cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)
+            return (cdf[..., :-1] <= draws.unsqueeze(-1).to(cdf.dtype)).sum(dim=-1)
 
 
 @dataclass
@@ -240,7 +270,7 @@ def train_lockstep(
         )
     spec = gym.spec(first.env_id)
     time_limit = int(max_episode_steps or spec.max_episode_steps)
-    m = padded_rows(first.n_trajectories)
+    m = padded_rows(first.n_trajectories, runs[0].policy.hidden_sizes)
     n_runs = len(runs)
     n_copies = n_runs * m
 
@@ -377,8 +407,8 @@ def _play(
             for r in np.flatnonzero(active):
                 learner = learners[r]
                 assert learner is not None
-                uniforms[:, r, : ns[r]] = torch.rand(
-                    UNIFORM_BLOCK, ns[r], generator=learner.generator
+                uniforms[:, r, : ns[r]] = stack.draws(
+                    torch.rand(UNIFORM_BLOCK, ns[r], generator=learner.generator)
                 )
         row = step % cap
         obs_log[row] = obs
