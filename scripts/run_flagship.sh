@@ -26,7 +26,7 @@ t2=$(stamp)
 
 echo "== 3/4 CartPole grid -> $OUT/multirun/cartpole/cartpole_small"
 $PY experiments/cartpole.py -m experiment=cartpole_small paths.output_dir="$OUT" \
-    hydra/launcher=joblib progress=false
+    hydra/launcher=batched progress=false
 t3=$(stamp)
 
 echo "== 4/4 report -> $OUT/report"
@@ -34,4 +34,4 @@ $PY -m analysis.report "$OUT/multirun" --out "$OUT/report"
 t4=$(stamp)
 
 echo "done in $((t4 - t0)) s (estimators $((t1 - t0)) s, ascent $((t2 - t1)) s, cartpole $((t3 - t2)) s, report $((t4 - t3)) s)"
-echo "open $OUT/report/report.html; upload the W&B runs with: wandb sync $OUT/multirun/*/*/*/wandb/offline-run-*"
+echo "open $OUT/report/report.html; upload a sweep's W&B runs with: $PY -m pglab_jobs.sync $OUT/multirun/cartpole/cartpole_small"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -258,7 +259,14 @@ def run_shard(
     for offset, overrides in jobs:
         idx = initial_job_idx + offset
         log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
-        sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+        try:
+            sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+        except Exception as error:  # not composable: this job fails, the others go on
+            log.error("#%d failed: its config cannot be composed: %s", idx, error)
+            ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
+            ret.return_value = error
+            returns[offset] = ret
+            continue
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = idx
             sweep_config.hydra.job.num = idx
@@ -330,4 +338,17 @@ def run_shard(
     finally:
         HydraConfig.instance().cfg = original
         configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+        _flush_wandb()
     return returns
+
+
+def _flush_wandb() -> None:
+    """Wait until W&B has written every finished run: ``run.finish()`` returns before its
+    service has written the run's log, and a worker process may be stopped right after."""
+    wandb = sys.modules.get("wandb")
+    if wandb is None:
+        return
+    try:
+        wandb.teardown()
+    except Exception as error:  # never lose the sweep over it; results are on disk already
+        log.warning("W&B teardown failed: %s", error)

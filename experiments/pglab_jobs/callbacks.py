@@ -62,7 +62,7 @@ def count_jobs(config: DictConfig) -> int | None:
     """How many jobs the basic sweeper will launch for ``config``; ``None`` if unknown."""
     try:
         sweeper = str(config.hydra.sweeper.get("_target_", ""))
-        if not sweeper.endswith("BasicSweeper"):
+        if not sweeper.endswith(("BasicSweeper", "PglabSweeper")):  # the same grid
             return None
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
         from hydra.core.override_parser.overrides_parser import OverridesParser

@@ -178,6 +178,22 @@ def _set_aside_earlier_wandb_runs(run_dir: Path) -> None:
             path.rename(superseded / path.name)
 
 
+def _compose_key(facts: _Facts) -> str | None:
+    """This job's :func:`pglab_jobs.metadata.compose_key` (what a launcher can check for a
+    finished job before composing its config)."""
+    hc = HydraConfig.get()
+    return compose_key(hc.runtime.config_sources, hc.job.config_name, facts.overrides)
+
+
+def _record_compose_key(run_dir: Path) -> None:
+    """A finished job found by its config hash gets the current compose key, if it differs
+    (the config files changed without changing its config, or it predates the key)."""
+    meta = storage.read_metadata(run_dir)
+    key = _compose_key(_hydra_facts())
+    if meta is not None and key is not None and meta.get("compose_key") != key:
+        storage.write_json({**meta, "compose_key": key}, run_dir / METADATA_FILE)
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -348,6 +364,8 @@ def open_job(
             twin = _finished_twin(sweep_dir, run_dir, hashes)
             if twin is not None:
                 log.info("skip: job %s already finished in %s", hashes[0], twin)
+                if twin == run_dir:  # so that the next re-run skips it before composing
+                    _best_effort(METADATA_FILE, run_dir, lambda: _record_compose_key(run_dir))
                 extra = {"same_as": str(twin)} if twin != run_dir else {}
                 _best_effort(
                     JOB_STATUS_FILE, run_dir, lambda: _job_status(run_dir, "skipped", **extra)
@@ -361,10 +379,7 @@ def open_job(
         meta = base_metadata(experiment, config, facts.overrides, started_at=started_at)
         meta["sweep_name"] = cfg.get("sweep_name") if facts.multirun else None
         meta["run_dir"] = str(run_dir)
-        hc = HydraConfig.get()
-        meta["compose_key"] = compose_key(
-            hc.runtime.config_sources, hc.job.config_name, facts.overrides
-        )
+        meta["compose_key"] = _compose_key(facts)
         storage.write_json({**meta, "status": "running"}, run_dir / METADATA_FILE)
         _job_status(run_dir, "running")
         _set_aside_earlier_wandb_runs(run_dir)
