@@ -228,13 +228,17 @@ def train_prepared(prepared: Prepared) -> TrainResult:
         prepared.bar.close()
 
 
-def train_group(group: list[Prepared], report=None) -> list[TrainResult | BaseException]:
-    """Train prepared jobs of one lock-step group together; one result or error each."""
+def train_group(
+    group: list[Prepared], report=None, on_result=None
+) -> list[TrainResult | BaseException]:
+    """Train prepared jobs of one lock-step group together; one result or error each
+    (``on_result(i, outcome)`` as soon as job i's run has ended)."""
     try:
         return lockstep.train_lockstep(
             [p.lockstep_run() for p in group],
             max_episode_steps=group[0].settings.max_episode_steps,
             report=report,
+            on_result=on_result,
         )
     finally:
         for p in group:

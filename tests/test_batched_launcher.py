@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_app
+from conftest import REPO, run_app
 from pglab_jobs import storage
 
 from analysis.wandb_source import read_records, records_to_frames
@@ -144,3 +149,59 @@ def test_a_bad_max_batch_is_refused_with_the_field_and_value(tmp_path):
     )
     assert proc.returncode != 0
     assert "hydra.launcher.max_batch must be a positive integer, got 0" in proc.stderr
+
+
+@pytest.mark.slow
+def test_interrupted_batch_keeps_finished_jobs_and_resumes_the_rest(tmp_path):
+    # Two runs share one lock-step batch: the 3-iteration one ends first and is written at
+    # once; Ctrl-C while the 3000-iteration one trains records that one as failed; the
+    # re-run skips the first and recomputes only the second.
+    sweep = tmp_path / "multirun" / "cartpole" / "intr"
+    args = [
+        sys.executable,
+        str(REPO / "experiments" / "cartpole.py"),
+        "-m",
+        "n_trajectories=2",
+        "budget.iterations=3,3000",
+        "hydra/launcher=batched",
+        "hydra.launcher.n_jobs=1",
+        f"paths.output_dir={tmp_path}",
+        "sweep_name=intr",
+        "logger=none",
+        "progress=false",
+    ]
+    short, long = (sweep / f"budget.iterations={k},n_trajectories=2" for k in (3, 3000))
+    proc = subprocess.Popen(
+        args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    deadline = time.monotonic() + 240
+    try:
+        while not _status(short) == "complete":
+            assert proc.poll() is None, "the sweep ended before it could be interrupted"
+            assert time.monotonic() < deadline, "timed out waiting for the short job"
+            time.sleep(0.05)
+        assert _status(long) == "running"
+        os.killpg(proc.pid, signal.SIGINT)
+        out = proc.communicate(timeout=120)[0].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0, out
+    assert _status(long) == "failed" and "KeyboardInterrupt" in storage.read_metadata(long)["error"]
+    first_finish = storage.read_metadata(short)["finished_at"]
+    rerun = subprocess.run(
+        [*args[:4], "budget.iterations=3,30", *args[5:]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert storage.read_metadata(short)["finished_at"] == first_finish
+    assert _status(sweep / "budget.iterations=30,n_trajectories=2") == "complete"
+
+
+def _status(job: Path) -> str | None:
+    meta = storage.read_metadata(job)
+    return meta and meta.get("status")

@@ -11,9 +11,12 @@ An app that can batch exposes ``BATCH = BatchPlan(...)`` beside its ``main``
    lock-step batch, at most ``max_batch`` runs each; ``None``: the job runs alone) with
    ``run_group`` / ``run_alone``. A run that raises or diverges ends on its own; the rest
    of its batch goes on;
-3. **close** every job in its Hydra job context again: ``finish`` turns its result into
-   tables and summary, which :func:`pglab_jobs.job.close_job` writes (parquet, then
-   metadata, W&B summary and finish, the closing line in the job's own log file).
+3. **close** each job as soon as its run has ended, in its Hydra job context again:
+   ``finish`` turns its result into tables and summary, which
+   :func:`pglab_jobs.job.close_job` writes (parquet, then metadata, W&B summary and finish,
+   the closing line in the job's own log file). A finished run's results are on disk while
+   the rest of its batch still trains; an interruption (Ctrl-C) records every job still
+   open as failed (finished W&B runs included) and goes on up.
 
 Apps without a ``BATCH`` (the tabular apps) run one job after another in the launching
 process, exactly as the basic launcher does. Everything a job leaves behind (directory,
@@ -28,7 +31,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +70,8 @@ class BatchPlan:
     """How the batched launcher runs an app's jobs (see the module docstring).
 
     ``prepare(ctx)`` returns an object with a ``group`` attribute (hashable, or ``None``);
-    ``run_group(prepared_list, report=...)`` returns one result or exception per job;
+    ``run_group(prepared_list, report=..., on_result=...)`` returns one result or exception
+    per job and calls ``on_result(i, outcome)`` as soon as job i's run has ended;
     ``run_alone(prepared)`` returns a result or raises; ``finish(prepared, result)`` returns
     the :class:`JobOutput`.
     """
@@ -87,8 +91,7 @@ class _Pending:
     config: DictConfig  # the job's composed config, hydra node included
     job: OpenJob
     prepared: Any
-    outcome: Any = None  # the training result, or the exception that ended it
-    extra: dict[str, Any] = field(default_factory=dict)
+    closed: bool = False  # its results (or its failure) are written
 
 
 def plan_of(task_function: Callable) -> BatchPlan | None:
@@ -303,42 +306,65 @@ def run_shard(
         for members in groups.values()
         for i in range(0, len(members), max_batch)
     ]
-    for number, batch in enumerate(batches, 1):
-        label = f"batch {number}/{len(batches)}"
-        log.info("%s: %d runs in lock-step", label, len(batch))
-        try:
-            outcomes = plan.run_group([item.prepared for item in batch], report=_report(label))
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as error:  # the whole batch failed to start: each job says so
-            outcomes = [error] * len(batch)
-        for item, outcome in zip(batch, outcomes, strict=True):
-            item.outcome = outcome
-    for item in alone:
-        try:
-            item.outcome = plan.run_alone(item.prepared)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as error:
-            item.outcome = error
-    trained = time.perf_counter() - start - opened
-    log.info("trained %d runs in %.1fs; writing results", len(pending), trained)
-
     original = HydraConfig.instance().cfg
-    try:
-        for item in pending:
+
+    def close(item: _Pending, outcome: Any) -> None:
+        """Write one job's results now (in its own Hydra context and log file)."""
+        if item.closed:
+            return
+        item.closed = True
+        try:
             _in_job_context(item.config)
-            outcome = item.outcome
             if not isinstance(outcome, BaseException):
                 try:
                     outcome = plan.finish(item.prepared, outcome)
                 except Exception as error:
                     outcome = error
             item.ret.return_value = close_job(item.job, outcome)
+        finally:
+            HydraConfig.instance().cfg = original
+            configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+
+    try:
+        for number, batch in enumerate(batches, 1):
+            label = f"batch {number}/{len(batches)}"
+            log.info("%s: %d runs in lock-step", label, len(batch))
+
+            def on_result(i: int, outcome: Any, batch: list[_Pending] = batch) -> None:
+                close(batch[i], outcome)  # results are saved as soon as a run ends
+
+            try:
+                outcomes = plan.run_group(
+                    [item.prepared for item in batch], report=_report(label), on_result=on_result
+                )
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as error:  # the whole batch failed to start: each job says so
+                outcomes = [error] * len(batch)
+            for item, outcome in zip(batch, outcomes, strict=True):
+                close(item, outcome)
+        for item in alone:
+            try:
+                outcome = plan.run_alone(item.prepared)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as error:
+                outcome = error
+            close(item, outcome)
+    except BaseException as interrupt:
+        # Interrupted (Ctrl-C, a kill turned into SystemExit): every job still open is
+        # recorded as failed with the reason and its W&B run finished; finished jobs keep
+        # their results. Then the interruption goes on.
+        for item in pending:
+            try:
+                close(item, interrupt)
+            except BaseException:  # close_job re-raises an interruption after recording it
+                pass
+        raise
     finally:
-        HydraConfig.instance().cfg = original
-        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
         _flush_wandb()
+    trained = time.perf_counter() - start - opened
+    log.info("trained and wrote %d jobs in %.1fs", len(pending), trained)
     return returns
 
 

@@ -52,6 +52,7 @@ and the others go on; a diverged run ends as ``diverged`` as in ``train``.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -80,6 +81,8 @@ __all__ = [
     "train_lockstep",
     "unbatchable_reason",
 ]
+
+log = logging.getLogger("pglab.lockstep")
 
 #: Rows per run are padded to a multiple of this (see the module docstring).
 ROW_BLOCK = 8
@@ -244,12 +247,15 @@ def train_lockstep(
     env_kwargs: dict[str, Any] | None = None,
     report: Callable[[Progress], None] | None = None,
     report_every_s: float = 10.0,
+    on_result: Callable[[int, TrainResult | BaseException], None] | None = None,
 ) -> list[TrainResult | BaseException]:
     """Train every run in ``runs`` in one lock-step batch; one result (or error) per run.
 
     All runs must share the env id, the padded row count M and the policy architecture
     (:func:`group_key`); each config is validated first (``ValueError`` before any work).
-    ``report(progress)`` is called about every ``report_every_s`` seconds and at the end.
+    ``report(progress)`` is called about every ``report_every_s`` seconds and at the end;
+    ``on_result(r, outcome)`` as soon as run r has ended (so its results can be saved while
+    the others go on; an exception it raises is logged and the batch goes on).
     A run whose update or callback raises gets that exception as its result and leaves
     the batch; ``KeyboardInterrupt`` stops everything.
     """
@@ -286,7 +292,7 @@ def train_lockstep(
         env.close()
         raise ValueError(f"{first.env_id}: the vector env is {type(inner).__name__}")
     try:
-        return _play(runs, env, inner, m, time_limit, report, report_every_s)
+        return _play(runs, env, inner, m, time_limit, report, report_every_s, on_result)
     finally:
         env.close()
 
@@ -299,6 +305,7 @@ def _play(
     time_limit: int,
     report: Callable[[Progress], None] | None,
     report_every_s: float,
+    on_result: Callable[[int, TrainResult | BaseException], None] | None,
 ) -> list[TrainResult | BaseException]:
     n_runs = len(runs)
     n_copies = n_runs * m
@@ -350,6 +357,11 @@ def _play(
         outcomes[r] = outcome
         active[r] = False
         running[r * m : (r + 1) * m] = False
+        if on_result is not None:
+            try:
+                on_result(r, outcome)
+            except Exception as error:  # the caller's bookkeeping must not stop the batch
+                log.warning("on_result for run %d failed: %s", r, error)
 
     def next_or_stop(r: int, step: int) -> None:
         learner = learners[r]
