@@ -76,23 +76,29 @@ def gym_cells(
     return out.sort_values(CELL).reset_index(drop=True)
 
 
-def _learning_curves(
-    section: Section, part: pd.DataFrame, names: tuple[str, str], text: dict
-) -> None:
-    prefix, slug = names
-    label, ci, env = text["label"], text["ci"], text["env"]
+def return_curves(part: pd.DataFrame, cell: list[str], text: dict) -> pd.DataFrame:
+    """Mean return over env steps per cell with its CI over seeds: each run's history is
+    put on a common grid of CURVE_POINTS env-step values, then pooled per cell."""
     on_grid = stats.step_resample(
-        part, CELL, STEPS, "return_mean", CURVE_POINTS, seed_column="run_dir"
+        part, cell, STEPS, "return_mean", CURVE_POINTS, seed_column="run_dir"
     )
-    curves = stats.curve_ci_over_seeds(
+    return stats.curve_ci_over_seeds(
         on_grid,
-        CELL,
+        cell,
         STEPS,
         "return_mean",
         text["confidence"],
         text["resamples"],
         seed_column="run_dir",
     )
+
+
+def _learning_curves(
+    section: Section, part: pd.DataFrame, names: tuple[str, str], text: dict
+) -> None:
+    prefix, slug = names
+    label, ci, env = text["label"], text["ci"], text["env"]
+    curves = return_curves(part, CELL, text)
     by = [*text["context"], *CELL]
     counts = stats.seed_counts(part, by, seed_column="run_dir")
     seeds = seeds_phrase(counts["n_seeds"])

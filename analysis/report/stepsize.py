@@ -40,7 +40,7 @@ from analysis.report.common import (
     split_by,
     with_context,
 )
-from analysis.report.gym import COLLAPSE_VALIDATION, env_prefixes
+from analysis.report.gym import COLLAPSE_VALIDATION, env_prefixes, return_curves
 from pglab.schema import CARTPOLE
 
 RULE = "rule"
@@ -374,18 +374,7 @@ def _best_curves(section: Section, part: pd.DataFrame, best: pd.DataFrame, names
     keep = part.merge(best[CELL], on=CELL)
     if keep.empty:
         return
-    on_grid = stats.step_resample(
-        keep, CELL, STEPS, "return_mean", CURVE_POINTS, seed_column="run_dir"
-    )
-    curves = stats.curve_ci_over_seeds(
-        on_grid,
-        CELL,
-        STEPS,
-        "return_mean",
-        text["confidence"],
-        text["resamples"],
-        seed_column="run_dir",
-    )
+    curves = return_curves(keep, CELL, text)
     curves = curves.assign(
         rule_setting=[
             f"{r} ({figures.fmt(s)})"
