@@ -349,9 +349,16 @@ def test_unreachable_wandb_is_decided_once_and_every_job_logs_offline(tmp_path):
     for job in jobs:
         assert len(list(job.glob("wandb/offline-run-*/run-*.wandb"))) == 1
         assert storage.read_metadata(job)["wall_time_s"] < 30  # never the init timeout
-    sync = f"wandb sync {sweep}/*/wandb/offline-run-*"
-    assert sync in proc.stdout
-    assert len(glob.glob(sync.split(" ", 2)[2])) == 3
+    assert f"python -m pglab_jobs.sync {sweep}" in proc.stdout
+    # that command finds exactly this sweep's three offline runs
+    dry = subprocess.run(
+        [sys.executable, "-m", "pglab_jobs.sync", str(sweep), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert sum("offline-run-" in line for line in dry.stdout.splitlines()) == 3, dry.stdout
 
 
 @pytest.mark.slow

@@ -203,7 +203,7 @@ class SweepSummary(Callback):
         if counts["done"] + counts["diverged"] and config.get("logger", {}).get("enabled"):
             print(
                 "upload every offline W&B run of this sweep: "
-                f"wandb sync {quoted}/*/wandb/offline-run-*",
+                f"python -m pglab_jobs.sync {quoted}",
                 flush=True,
             )
         if counts["done"] + counts["diverged"] + counts["skipped"]:
