@@ -130,7 +130,7 @@ def test_apps_without_a_batch_plan_run_one_by_one_in_process(tmp_path):
         "logger=none",
         "progress=false",
     )
-    assert "one after another (no batch plan)" in proc.stderr + proc.stdout
+    assert "one after another in each (no batch plan)" in proc.stderr + proc.stdout
     jobs = _jobs(tmp_path / "multirun")
     assert len(jobs) == 2
     assert all(storage.read_metadata(j)["status"] == "complete" for j in jobs.values())
