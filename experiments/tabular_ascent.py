@@ -4,8 +4,10 @@
     python experiments/tabular_ascent.py -m gradient=exact,reinforce step_size=0.1,1,10,100
     python experiments/tabular_ascent.py update=npg mdp=short_corridor step_size=0.5
 
-``update=pg|npg|trpo`` (conf/update/): ``step_size`` is α, η or δ (nats); npg and trpo run
-on the exact gradient and Fisher (gradient=exact). An MDP with features (mdp=short_corridor)
+``update=pg|npg|trpo`` (conf/update/): ``step_size`` is α, η or δ (nats). With
+gradient=exact npg and trpo use the exact gradient, Fisher, KL and J; with an estimator
+(gradient=reinforce ...) they use only the iteration's N trajectories: the sampled Fisher,
+``update.damping`` λ, and (trpo) the batch's mean KL and surrogate. An MDP with features (mdp=short_corridor)
 is ascended in its feature parameters θ [d]; ``policy.kind`` then sets θ_0 [d] the same way
 (uniform: 0, random: scale·N(0,1), near_deterministic: scale at one drawn coordinate).
 
@@ -69,6 +71,7 @@ def experiment(ctx: JobContext) -> JobOutput:
                 if rule.name == "trpo"
                 else {}
             ),
+            **({"damping": rule.damping} if rule.name in ("npg", "trpo") else {}),
         )
     # the exact gradient samples nothing: N is recorded as 0
     exact = settings.gradient == "exact"

@@ -109,8 +109,8 @@ def test_update_settings_reach_the_core_configs():
         ("tabular_ascent", ("update=ppo",), ("update=ppo", "not built", "cartpole.py")),
         (
             "tabular_ascent",
-            ("update=trpo", "gradient=reinforce"),
-            ("update=trpo", "gradient=reinforce", "gradient=exact"),
+            ("update=ppo", "gradient=reinforce"),
+            ("update=ppo", "gradient=reinforce", "minibatch epochs", "cartpole.py"),
         ),
     ],
 )

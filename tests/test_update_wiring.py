@@ -224,7 +224,7 @@ def test_sampled_pg_on_features_is_the_chain_rule_of_the_tabular_estimate():
     ("update", "gradient", "parts"),
     [
         ("ppo", "exact", ("update=ppo", "not built")),
-        ("npg", "reinforce", ("update=npg", "gradient=reinforce", "gradient=exact")),
+        ("ppo", "reinforce", ("update=ppo", "gradient=reinforce", "minibatch epochs")),
         ("trp0", "exact", ("update", "'trp0'")),
     ],
 )

@@ -9,7 +9,8 @@ fitted rates (:func:`analysis.stats.convergence_rates`, the least-squares fits o
 ``pglab.tabular.natural.fit_sublinear_rate`` / ``fit_linear_rate``): the exponent of
 ``gap_t ~ C t^slope`` (PG on a bandit: −1, Mei et al. 2020) and the contraction per step
 of ``gap_t ~ exp(a + b t)`` (exact NPG on a bandit: ``e^(−ηΔ)``), both on the window
-:func:`rate_window` chooses.
+:func:`rate_window` chooses. Runs on a sampled gradient (any rule) are drawn in the same
+figure, labelled with their estimator and N, but not fitted: their gap is noisy.
 """
 
 from __future__ import annotations
@@ -135,12 +136,14 @@ def ascent_section(
         for label, slug, part in split_by(frame, split):
             _curve_figure(section, part, label, slug, text)
     exact = history[history["gradient"] == "exact"] if not history.empty else history
-    # rates compare update rules (issue 10): a study of plain pg alone keeps its old section
-    if not exact.empty and (exact["update"] != "pg").any():
+    # rates compare update rules (issue 10): a study of plain pg alone keeps its old section;
+    # sampled runs are drawn beside the exact ones but only exact runs are fitted
+    if not history.empty and (history["update"] != "pg").any():
         rate_split = [c for c in split if c not in ("mdp", "update")]
-        for label, slug, part in split_by(exact, rate_split):
+        for label, slug, part in split_by(history, rate_split):
             _rate_figure(section, part, label, slug, text)
-        _rate_cells(section, exact, varying(exact, rate_split))
+        if not exact.empty:
+            _rate_cells(section, exact, varying(exact, rate_split))
     if not summary.empty and "final_return" in summary.columns:
         frame = summary.assign(gradient_label=ascent_labels(summary))
         by = [c for c in split if c in frame.columns and frame[c].map(repr).nunique() > 1]
@@ -233,8 +236,10 @@ def _rate_figure(section: Section, part: pd.DataFrame, label: str, slug: str, te
         return
     frame = frame.assign(
         rule=[
-            f"{u} ({figures.fmt(s)})"
-            for u, s in zip(frame["update"], frame["step_size"], strict=True)
+            f"{u} ({figures.fmt(s)})" + ("" if g == "exact" else f", {g}")
+            for u, s, g in zip(
+                frame["update"], frame["step_size"], ascent_labels(frame), strict=True
+            )
         ]
     )
     by = ["mdp", "rule"]
@@ -262,9 +267,10 @@ def _rate_figure(section: Section, part: pd.DataFrame, label: str, slug: str, te
     section.add_figure(
         f"ascent_rates{slug}",
         figures.facet_lines(curves, spec),
-        "Exact ascent: suboptimality J* − J(θ_t) against the iteration t on log-log axes, one "
+        "Suboptimality J* − J(θ_t) against the iteration t on log-log axes, one "
         "panel per MDP, one colour per update rule (its step in parentheses: α for pg, η "
-        "for npg, δ in nats for trpo). A C/t rate (plain PG) is a line of slope −1; a "
+        "for npg, δ in nats for trpo; a sampled run adds its estimator and N, and is the "
+        "mean gap over its seeds, not fitted in the rates table: noisy). A C/t rate (plain PG) is a line of slope −1; a "
         "linear rate (NPG) bends down. A curve that levels off is a plateau (a bad start) or "
         "a limit below J* (a stationary or feature-restricted policy cannot reach J*); gaps "
         f"at round-off are not drawn. J is exact: point estimates (mean over runs, no "
@@ -295,7 +301,8 @@ def _rate_cells(section: Section, history: pd.DataFrame, split: list[str]) -> No
     )
     section.add_cells(
         "ascent_rates",
-        "Fitted convergence rates of exact ascent per MDP and rule (median over runs): "
+        "Fitted convergence rates of exact ascent per MDP and rule (median over runs; sampled "
+        "runs are drawn in the figure but not fitted: their gap is noisy): "
         "exponent = slope of log gap on log t (PG's C/t: −1), contraction = exp(slope of "
         "log gap on t), the factor the gap shrinks by per step (NPG on a bandit: e^(−ηΔ)); "
         "constant = t·gap at the window's end (PG on an A-armed bandit: → (A − 1)/(A α)); "

@@ -16,8 +16,8 @@ Randomness: with an estimator, iteration k draws its trajectories with the seed
 ``iteration_seed(seed, k)`` (a ``numpy.random.SeedSequence`` spawned from (seed, k)), so
 iterations are independent, reproducible, and a run can be replayed from any iteration.
 
-Update rules (``update=``, issue 10; :mod:`pglab.tabular.natural`), all with the
-exact J, gradient and Fisher of the oracle:
+Update rules (``update=``, issue 10; :mod:`pglab.tabular.natural`). With
+``gradient="exact"`` they use the exact J, gradient and Fisher of the oracle:
 
 ==========  ==========================================================  ===============
 update      theta_{k+1}                                                 ``step_size``
@@ -28,8 +28,19 @@ update      theta_{k+1}                                                 ``step_s
             search on KL and J (``backtrack``, ``max_backtracks``)
 ==========  ==========================================================  ===============
 
-``npg`` and ``trpo`` need ``gradient="exact"``; sampled NPG/TRPO and PPO run on a gym
-environment (:mod:`pglab.gym.updates`); :func:`check_update` refuses the rest.
+With a sampled gradient (``gradient=<estimator>``) ``npg`` and ``trpo`` use only the
+iteration's N trajectories (no extra sampling, so a seed still fixes the run): the
+empirical Fisher ``Fhat = (1/N) sum_i sum_t psi_it psi_it^T`` of the same trajectories as
+``ghat`` (:func:`natural.sampled_fisher`), ``x = (Fhat + lambda I)^-1 ghat`` by a dense
+float64 solve (``damping`` = lambda), then
+
+* ``npg``: ``theta_{k+1} = theta_k + eta x``;
+* ``trpo``: :func:`natural.sampled_trpo_step`, the step along x whose *sampled* quadratic
+  KL model equals delta, then a line search on the batch's mean KL over its sampled
+  states and the batch's importance-sampled surrogate (never the exact KL or J).
+
+``ppo`` is refused (:func:`check_update`): it needs minibatch epochs over a sampled batch
+and its own optimiser; run it with ``experiments/cartpole.py``.
 
 Feature policies: an MDP with ``features`` ``[S, A, d]`` (:attr:`TabularMDP.features`,
 e.g. ``zoo.short_corridor``) is ascended in ``theta [d]`` with
@@ -78,23 +89,18 @@ UPDATE_RULES: tuple[str, ...] = natural.EXACT_RULES  # ("pg", "npg", "trpo")
 def check_update(update: str, gradient: str) -> str:
     """``update`` if :func:`tabular_ascent` builds it with ``gradient``, else ConfigError.
 
-    ``ppo`` is not built here (a clipped surrogate over sampled steps: run it with
-    ``experiments/cartpole.py``); ``npg`` and ``trpo`` need ``gradient="exact"`` (their
-    sampled versions run on a gym environment, :mod:`pglab.gym.updates`).
+    ``pg``, ``npg`` and ``trpo`` run with the exact gradient and with every estimator
+    (sampled npg/trpo: module docstring). ``ppo`` is not built here: it needs several
+    minibatch epochs over a sampled batch with its own optimiser (out of scope for tabular
+    ascent); run it with ``experiments/cartpole.py``.
     """
     if update == "ppo":
         raise checks.ConfigError(
-            "update=ppo is not built for tabular ascent (PPO re-uses sampled steps; run it "
-            "with experiments/cartpole.py); tabular ascent takes update=pg|npg|trpo"
+            f"update=ppo (gradient={gradient}) is not built for tabular ascent (PPO runs "
+            "minibatch epochs over a sampled batch with its own optimiser; run it with "
+            "experiments/cartpole.py); tabular ascent takes update=pg|npg|trpo"
         )
-    checks.one_of("update", update, UPDATE_RULES)
-    if update != "pg" and gradient != GRADIENT_EXACT:
-        raise checks.ConfigError(
-            f"update={update} with gradient={gradient} (sampled) is not built for tabular "
-            f"ascent: {update} runs here on the exact gradient and Fisher (gradient=exact); "
-            "sampled NPG/TRPO run with experiments/cartpole.py"
-        )
-    return update
+    return checks.one_of("update", update, UPDATE_RULES)
 
 
 def iteration_seed(seed: int, iteration: int) -> int:
@@ -183,6 +189,7 @@ def tabular_ascent(
     update: str = "pg",
     backtrack: float = 0.5,
     max_backtracks: int = 10,
+    damping: float = natural.SAMPLED_DAMPING,
 ) -> TrainResult:
     """Gradient ascent theta <- theta + alpha ghat on a tabular softmax policy.
 
@@ -201,7 +208,10 @@ def tabular_ascent(
             (thresholds relative to the best stationary return).
         callback: called with each iteration's metrics dict.
         update: ``"pg"``, ``"npg"`` or ``"trpo"`` (module docstring; :func:`check_update`).
-        backtrack, max_backtracks: TRPO's line search (:func:`natural.trpo_step`).
+        backtrack, max_backtracks: TRPO's line search (:func:`natural.trpo_step`,
+            :func:`natural.sampled_trpo_step`).
+        damping: lambda >= 0 of the sampled solve ``(Fhat + lambda I) x = ghat`` (sampled
+            ``npg``/``trpo`` only; the exact rules use the pseudo-inverse).
 
     Returns:
         :class:`pglab.result.TrainResult` with ``return_key="expected_return"`` and
@@ -232,8 +242,9 @@ def tabular_ascent(
         * ``grad_norm``: ||ghat_k||_2; ``exact_grad_norm``: ||dJ/dtheta(theta_k)||_2 (in
           theta's space: ``[d]`` with features).
         * ``kl``: exact mean KL(pi_k || pi_{k+1}) over the states pi_k visits
-          (:func:`natural.mean_kl`); ``step_norm``: ||theta_{k+1} - theta_k||_2 (both NaN
-          when no update was applied).
+          (:func:`natural.mean_kl`), for every rule and gradient, sampled ones included
+          (there a diagnostic only: sampled TRPO bounds the batch's sampled mean KL);
+          ``step_norm``: ||theta_{k+1} - theta_k||_2 (both NaN when no update was applied).
         * ``backtracks``, ``accepted``: TRPO's shrinks taken and 1/0 whether a step was
           accepted (theta stays otherwise); NaN for the other rules.
         * ``collapsed`` (the detector's verdict as of iteration k: stuck over the last
@@ -256,6 +267,7 @@ def tabular_ascent(
     check_update(update, gradient)
     backtrack = checks.real("backtrack", backtrack, 0.0, 1.0, low_open=True, high_open=True)
     max_backtracks = checks.integer("max_backtracks", max_backtracks, minimum=0)
+    damping = checks.real("damping", damping, 0.0)
     phi = mdp.features
     if phi is None:
         theta = check_logits(logits0, mdp.n_states, mdp.n_actions).detach().clone()
@@ -291,13 +303,17 @@ def tabular_ascent(
         if phi is not None:  # chain rule through logits = phi theta
             exact_gradient = torch.einsum("sa,sak->k", solution.gradient, phi)
 
+        counts = None  # [S*A] decisions of the batch, for the sampled Fisher (npg, trpo)
         if gradient == GRADIENT_EXACT:
             g = exact_gradient
         else:
+            if update != "pg":
+                counts = torch.zeros(mdp.n_states * mdp.n_actions, dtype=torch.float64)
             samples = estimates._sample_gradients(
-                mdp, logits, n_trajectories, gradient, iteration_seed(seed, k)
+                mdp, logits, n_trajectories, gradient, iteration_seed(seed, k), counts
             )
             g = torch.as_tensor(samples, dtype=torch.float64).mean(dim=0)  # [S, A]
+            g_logits = g
             if phi is not None:
                 g = torch.einsum("sa,sak->k", g, phi)
 
@@ -306,6 +322,28 @@ def tabular_ascent(
         if finite:
             if update == "pg":
                 new_theta = theta + step_size * g  # theta_{k+1} = theta_k + alpha ghat_k
+            elif counts is not None and update == "npg":
+                # x = (Fhat + lambda I)^-1 ghat from the same N trajectories as ghat
+                fisher = natural.sampled_fisher(
+                    solution.policy, counts.view_as(pi), n_trajectories, phi
+                )
+                x = natural.sampled_natural_direction(fisher, g, damping)
+                new_theta = theta + step_size * x  # theta_{k+1} = theta_k + eta x
+            elif counts is not None:
+                step = natural.sampled_trpo_step(
+                    theta,
+                    g_logits,
+                    counts.view_as(pi),
+                    n_trajectories,
+                    step_size,
+                    features=phi,
+                    damping=damping,
+                    backtrack=backtrack,
+                    max_backtracks=max_backtracks,
+                )
+                new_theta = step.theta
+                accepted = float(step.accepted)
+                backtracks = float(len(step.trials) - 1 if step.accepted else max_backtracks)
             elif update == "npg":
                 new_theta = natural.npg_step(mdp, theta, step_size, features=phi)
             else:

@@ -38,7 +38,7 @@ from pglab.tabular.policy import check_logits, softmax_policy
 from pglab.tabular.sampling import TrajectorySampler, block_size_for
 from pglab.threads import thread_invariant
 
-__all__ = ["batch_estimates", "sample_gradients"]
+__all__ = ["batch_estimates", "sample_gradients", "sample_gradients_and_visits"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -113,8 +113,47 @@ def sample_gradients(
     return _sample_gradients(mdp, theta, n, estimator, seed)
 
 
-def _sample_gradients(mdp: TabularMDP, theta: Tensor, n: int, estimator: str, seed: int) -> Tensor:
-    """:func:`sample_gradients` on checked inputs (theta as in :class:`_Setup`)."""
+@thread_invariant
+def sample_gradients_and_visits(
+    mdp: TabularMDP,
+    logits: Any,
+    n_trajectories: int,
+    estimator: str = "reinforce",
+    seed: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """:func:`sample_gradients` plus the decision counts of the same trajectories.
+
+    Returns:
+        ``(g, counts)``: ``g`` ``[N, S, A]`` float64, bit for bit
+        ``sample_gradients(mdp, logits, N, estimator, seed)``; ``counts`` ``[S, A]``
+        float64, ``counts[s, a] = sum_i sum_t 1[s_{i,t} = s, a_{i,t} = a, s_{i,t} not
+        terminal]``, the number of real decisions ``(s, a)`` those N trajectories took
+        (no extra sampling: the counts are read off the trajectories ``g`` is built from).
+        ``E[counts[s, a]] / N = w(s) pi(a|s)`` (:func:`pglab.tabular.natural.state_weights`),
+        which makes :func:`pglab.tabular.natural.sampled_fisher` unbiased.
+    """
+    check_estimator(estimator)
+    n = checks.positive_int("n_trajectories", n_trajectories)
+    theta, seed = _check_mdp_logits_seed(mdp, logits, seed)
+    counts = torch.zeros(mdp.n_states * mdp.n_actions, dtype=torch.float64)
+    rows = _sample_gradients(mdp, theta, n, estimator, seed, counts)
+    return rows, counts.view(mdp.n_states, mdp.n_actions)
+
+
+def _sample_gradients(
+    mdp: TabularMDP,
+    theta: Tensor,
+    n: int,
+    estimator: str,
+    seed: int,
+    counts: Tensor | None = None,
+) -> Tensor:
+    """:func:`sample_gradients` on checked inputs (theta as in :class:`_Setup`).
+
+    ``counts``: ``None``, or a flat ``[S*A]`` float64 tensor to which the real decisions
+    ``(s, a)`` of the sampled trajectories are added at ``s A + a`` (read-only use of the
+    batch: the returned rows do not depend on it).
+    """
     setup = _Setup(mdp, theta, (estimator,), seed)
     n_states, n_actions, horizon, gamma = setup.n_states, setup.n_actions, mdp.horizon, mdp.gamma
     n_pairs = n_states * n_actions
@@ -134,6 +173,8 @@ def _sample_gradients(mdp: TabularMDP, theta: Tensor, n: int, estimator: str, se
         rows = batch.n_trajectories
         stop = start + rows
         sa = torch.add(batch.actions, batch.states, alpha=n_actions, out=pairs[:rows])  # s A + a
+        if counts is not None:  # decisions taken: 1 per unmasked step at s A + a
+            counts.index_add_(0, sa.reshape(-1), batch.mask.reshape(-1).to(torch.float64))
         if per_trajectory:
             # Psi_{i,t} = m_{i,t} w_i: scatter the mask (the score), scale rows by w_i below.
             weights = score_weights[:rows].copy_(batch.mask)

@@ -47,6 +47,12 @@ states; ``L KLbar`` is the KL between the two trajectory distributions). To seco
 order ``KLbar(theta, theta + D) = D^T F D / (2 L) + O(|D|^3)``, the quadratic model TRPO
 uses.
 
+Sampled NPG and TRPO (``sampled_*``): the same quantities from one batch of N trajectories
+and nothing exact. ``Fhat = (1/N) sum_{s,a} n(s, a) psi(s, a) psi(s, a)^T`` from the batch's
+decision counts ``n(s, a)`` (unbiased for ``F``), ``x = (Fhat + lambda I)^-1 ghat`` by a
+dense solve, and for TRPO the mean KL over the batch's decisions and its importance-sampled
+surrogate in place of the exact KL and J.
+
 Everything is float64 on the CPU.
 """
 
@@ -70,6 +76,7 @@ __all__ = [
     "EXACT_RULES",
     "ExactIterates",
     "LinearRateFit",
+    "SAMPLED_DAMPING",
     "NaturalGradient",
     "SublinearRateFit",
     "TRPOStep",
@@ -81,6 +88,11 @@ __all__ = [
     "mean_kl",
     "natural_gradient",
     "npg_step",
+    "sampled_fisher",
+    "sampled_mean_kl",
+    "sampled_natural_direction",
+    "sampled_surrogate",
+    "sampled_trpo_step",
     "state_weights",
     "tabular_natural_direction",
     "trpo_step",
@@ -91,6 +103,10 @@ EXACT_RULES = ("pg", "npg", "trpo")
 
 #: Default relative cut-off of :func:`natural_gradient`'s pseudo-inverse (features only).
 DEFAULT_RCOND = 1e-12
+
+#: Default damping lambda of the sampled solve ``(Fhat + lambda I) x = ghat``: the gym NPG's
+#: (:class:`pglab.gym.updates.NPGConfig`).
+SAMPLED_DAMPING = 1e-3
 
 
 # ---------------------------------------------------------------------------------------
@@ -277,7 +293,8 @@ def tabular_natural_direction(
     exact trajectory Fisher, and ``c(s) = n_s / N`` with ``n_s`` the number of decisions
     taken in ``s`` by N sampled trajectories gives its unbiased estimate from a batch
     (the action expectation done exactly, as :class:`pglab.gym.updates.FisherOperator`
-    does), so sampled tabular NPG is ``theta + eta x`` with ``g = ghat``. Per state, with
+    does). (``tabular_ascent``'s sampled NPG uses :func:`sampled_fisher` instead, the
+    batch's empirical outer products with the actions sampled too.) Per state, with
     every ``pi(a|s) > 0``:
 
     * ``lambda = 0``: ``x_s = g_s / (c(s) pi_s) - mean_a(g_s / (c(s) pi_s))`` (the
@@ -416,6 +433,169 @@ def _trpo(
             step_norm = float((candidate - vector).norm())
             return TRPOStep(candidate, True, kl, improvement, beta, step_norm, tuple(trials))
     return TRPOStep(vector.clone(), False, 0.0, 0.0, beta, 0.0, tuple(trials))
+
+
+# ---------------------------------------------------------------------------------------
+# Sampled NPG and TRPO: the Fisher, the KL and the surrogate from one batch of N trajectories
+# ---------------------------------------------------------------------------------------
+def sampled_fisher(
+    policy: torch.Tensor, counts: torch.Tensor, n_trajectories: int, features: Any = None
+) -> torch.Tensor:
+    """Empirical Fisher of N sampled trajectories, ``[d, d]`` float64.
+
+    ``Fhat = (1/N) sum_i sum_t psi(s_it, a_it) psi(s_it, a_it)^T
+           = (1/N) sum_{s,a} n(s, a) psi(s, a) psi(s, a)^T``,
+
+    with ``psi(s, a) = phi(s, a) - sum_b pi(b|s) phi(s, b)`` (one-hot ``phi``: ``e_a - pi(.|s)``
+    in row s) and ``n(s, a)`` the real decisions ``(s, a)`` the batch took
+    (:func:`pglab.tabular.estimates.sample_gradients_and_visits`). Unbiased:
+    ``E[n(s, a)] / N = w(s) pi(a|s)``, so ``E[Fhat] = F`` (:func:`fisher_matrix`).
+
+    Args:
+        policy: ``[S, A]`` pi(a|s) the batch was drawn with.
+        counts: ``[S, A]`` n(s, a) (float64, >= 0).
+        n_trajectories: N >= 1.
+        features: ``None`` (one-hot: ``d = S A``, indexed ``s A + a``) or ``[S, A, d]``.
+    """
+    n_states, n_actions = policy.shape
+    phi = (
+        torch.eye(n_states * n_actions, dtype=torch.float64).reshape(n_states, n_actions, -1)
+        if features is None
+        else features
+    )
+    psi = scores(phi, policy)  # [S, A, d]
+    return torch.einsum("sa,sak,sal->kl", counts / n_trajectories, psi, psi)
+
+
+def sampled_natural_direction(
+    fisher: torch.Tensor, gradient: torch.Tensor, damping: float
+) -> torch.Tensor:
+    """``x = (Fhat + lambda I)^-1 ghat`` by a dense float64 solve, in the shape of ``ghat``.
+
+    ``lambda > 0``: ``torch.linalg.solve`` (``Fhat + lambda I`` is positive definite).
+    ``lambda = 0``: the minimum-norm least-squares solution ``pinv(Fhat) ghat`` (``Fhat``
+    is singular: the softmax ignores a constant added to a state's logits, and states the
+    batch never visited have zero rows).
+    """
+    flat = gradient.reshape(-1).to(torch.float64)
+    matrix = fisher.to(torch.float64)
+    if damping > 0.0:
+        eye = torch.eye(matrix.shape[0], dtype=torch.float64)
+        x = torch.linalg.solve(matrix + damping * eye, flat)
+    else:
+        x = torch.linalg.pinv(matrix, rtol=DEFAULT_RCOND, hermitian=True) @ flat
+    return x.reshape(gradient.shape)
+
+
+def sampled_mean_kl(
+    counts: torch.Tensor, logits_old: torch.Tensor, logits_new: torch.Tensor
+) -> float:
+    """Mean KL over the batch's sampled states, nats:
+
+    ``KLhat = sum_s n(s) KL(pi_old(.|s) || pi_new(.|s)) / sum_s n(s)``, ``n(s) = sum_a n(s, a)``,
+
+    i.e. the mean over the batch's real decisions of each visited state's KL (closed form
+    per state, as :mod:`pglab.gym.updates` computes it from the batch's logits). 0 for an
+    empty batch (no decision taken).
+    """
+    visits = counts.sum(dim=-1)  # [S]
+    total = float(visits.sum())
+    if total <= 0.0:
+        return 0.0
+    log_old = torch.log_softmax(logits_old, dim=-1)
+    log_new = torch.log_softmax(logits_new, dim=-1)
+    pi_old = log_old.exp()
+    per_state = torch.where(pi_old > 0, pi_old * (log_old - log_new), 0.0).sum(-1)
+    return float((visits * per_state).sum()) / total
+
+
+def sampled_surrogate(
+    gradient_logits: torch.Tensor, logits_old: torch.Tensor, logits_new: torch.Tensor
+) -> float:
+    """Improvement of the batch's importance-sampled surrogate, ``Lhat(theta') - Lhat(theta)``.
+
+    ``Lhat(theta') = (1/N) sum_i sum_t [pi'(a_it|s_it) / pi(a_it|s_it)] Psi_it``. Grouped by
+    ``(s, a)`` it is ``(1/N) sum_{s,a} C(s, a) rho(s, a)`` with ``C(s, a) = sum_{i,t} Psi_it
+    1[(s_it, a_it) = (s, a)]`` and ``rho = pi'/pi``; adding ``c_s pi(.|s)`` to row s of ``C``
+    changes nothing (``sum_a pi (rho - 1) = 0``), so ``C / N`` may be replaced by the batch
+    gradient in logits ``ghat[s, a] = (C(s, a) - pi(a|s) sum_b C(s, b)) / N``:
+
+    ``Lhat(theta') - Lhat(theta) = sum_{s,a} ghat[s, a] (rho(s, a) - 1)`` (exactly), whose
+    gradient at ``theta' = theta`` is ``ghat``.
+
+    Args:
+        gradient_logits: ``[S, A]`` ``ghat`` in logits (before any feature chain rule).
+        logits_old, logits_new: ``[S, A]``.
+    """
+    ratio = torch.exp(torch.log_softmax(logits_new, -1) - torch.log_softmax(logits_old, -1))
+    return float((gradient_logits * (ratio - 1.0)).sum())
+
+
+def sampled_trpo_step(
+    theta: torch.Tensor,
+    gradient_logits: torch.Tensor,
+    counts: torch.Tensor,
+    n_trajectories: int,
+    max_kl: float,
+    features: Any = None,
+    damping: float = SAMPLED_DAMPING,
+    backtrack: float = 0.5,
+    max_backtracks: int = 10,
+) -> TRPOStep:
+    """One sampled TRPO step from one batch of N trajectories (nothing exact is used).
+
+    1. ``x = (Fhat + lambda I)^-1 ghat`` (:func:`sampled_fisher`,
+       :func:`sampled_natural_direction`), ``ghat`` in theta's space;
+    2. the sampled quadratic model of the batch's mean KL, ``KLhat(theta + beta x) ~
+       beta^2 x^T Fhat x / (2 Lhat)`` with ``Lhat = sum n(s, a) / N`` the batch's decisions
+       per episode: ``beta = sqrt(2 delta Lhat / x^T Fhat x)``;
+    3. backtracking over ``theta + backtrack^j beta x``, ``j = 0 .. max_backtracks``: the
+       first candidate with :func:`sampled_mean_kl` ``<= delta`` *and* a positive
+       :func:`sampled_surrogate` improvement is taken; if none passes, theta is kept.
+
+    The exact KL and exact J of the oracle are not consulted (a sampled method has neither);
+    :func:`pglab.tabular.ascent.tabular_ascent` records the exact KL only as a diagnostic.
+    ``TRPOStep.kl`` is the sampled mean KL of the taken step and ``improvement`` its
+    surrogate improvement; trials carry the same.
+
+    Args:
+        theta: ``[S, A]`` logits (``features=None``) or ``[d]``.
+        gradient_logits: ``[S, A]`` the batch's ``ghat`` in logits.
+        counts: ``[S, A]`` the batch's decisions n(s, a).
+        n_trajectories: N.
+        max_kl: delta > 0 (nats, mean over the batch's decisions).
+        features: ``None`` or ``[S, A, d]``.
+        damping: lambda >= 0.
+        backtrack, max_backtracks: as :func:`trpo_step`.
+    """
+    logits = _logits(features, theta)
+    policy = torch.softmax(logits, dim=-1)
+    fisher = sampled_fisher(policy, counts, n_trajectories, features)
+    g = (
+        gradient_logits
+        if features is None
+        else torch.einsum("sa,sak->k", gradient_logits, features)
+    )
+    direction = sampled_natural_direction(fisher, g, damping)
+    flat = direction.reshape(-1)
+    quadratic = float(flat @ fisher @ flat)  # x^T Fhat x
+    length = float(counts.sum()) / n_trajectories  # Lhat
+    if not quadratic > 0.0 or length <= 0.0 or not math.isfinite(quadratic):
+        return TRPOStep(theta.clone(), False, 0.0, 0.0, 0.0, 0.0, ())
+    beta = math.sqrt(2.0 * max_kl * length / quadratic)
+    trials = []
+    for j in range(max_backtracks + 1):
+        fraction = backtrack**j
+        candidate = theta + fraction * beta * direction
+        candidate_logits = _logits(features, candidate)
+        kl = sampled_mean_kl(counts, logits, candidate_logits)
+        improvement = sampled_surrogate(gradient_logits, logits, candidate_logits)
+        accepted = kl <= max_kl and improvement > 0.0
+        trials.append(TRPOTrial(fraction, kl, improvement, accepted))
+        if accepted:
+            step_norm = float((candidate - theta).norm())
+            return TRPOStep(candidate, True, kl, improvement, beta, step_norm, tuple(trials))
+    return TRPOStep(theta.clone(), False, 0.0, 0.0, beta, 0.0, tuple(trials))
 
 
 # ---------------------------------------------------------------------------------------
