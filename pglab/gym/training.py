@@ -16,9 +16,13 @@ per run), which forms ghat_N from the same batch and weights, updates the policy
 and reports the KL, the step's norm and its diagnostics (``step_size`` is then eta, delta
 or PPO's learning rate). Every rule's row records ``kl`` and ``step_norm``.
 
-Only ``"sgd"`` is the textbook rule; ``"momentum"`` and ``"adam"`` apply
-``torch.optim.SGD(momentum=...)`` / ``torch.optim.Adam`` (default betas and eps) with
-learning rate alpha to the same surrogate, for comparison.
+Only ``"sgd"`` is the textbook rule; ``"momentum"``, ``"adam"``, ``"rmsprop"`` and
+``"adagrad"`` apply ``torch.optim.SGD(momentum=...)`` / ``Adam`` / ``RMSprop`` / ``Adagrad``
+(torch defaults) with learning rate alpha to the same surrogate, for comparison.
+
+:class:`Learner` holds one run's state and does steps 2-5 for one batch at a time;
+:func:`train` feeds it from a collector, :mod:`pglab.gym.lockstep` from a shared vector
+environment (many runs in lock-step, each run's numbers unchanged).
 
 Divergence: the loss, the gradient and the parameters are checked for NaN/inf every
 iteration (parameters also at the start of each iteration, so a value changed from
@@ -114,11 +118,12 @@ class TrainConfig:
             the config describes the run).
         n_trajectories: N, episodes per iteration (>= 1).
         step_size: alpha > 0, at most :data:`MAX_STEP_SIZE` of the optimizer (float32's
-            maximum, a tenth of it for Adam).
+            maximum; a tenth of it for Adam and RMSprop, whose first step is 10 alpha).
         estimator: a name in ``estimators.ESTIMATORS`` other than ``"baseline_value"``.
         gamma: discount in [0, 1] used by the estimator's weights.
         optimizer: ``"sgd"`` (theta <- theta + alpha ghat, stateless), ``"momentum"``
-            (heavy-ball SGD with ``momentum``) or ``"adam"``.
+            (heavy-ball SGD with ``momentum``), or the adaptive ``"adam"``, ``"rmsprop"``,
+            ``"adagrad"`` (:data:`OPTIMIZERS`).
         momentum: momentum coefficient in [0, 1) for ``optimizer="momentum"``.
         max_iterations: stop after this many iterations (``None``: no limit).
         max_env_steps: do not start a new iteration once this many real environment steps
