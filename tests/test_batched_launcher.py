@@ -171,8 +171,15 @@ def test_interrupted_batch_keeps_finished_jobs_and_resumes_the_rest(tmp_path):
         "progress=false",
     ]
     short, long = (sweep / f"budget.iterations={k},n_trajectories=2" for k in (3, 3000))
+    # SIGINT as a terminal sends it; a shell that started the tests in the background
+    # may have set it to "ignore", which the child would inherit
     proc = subprocess.Popen(
-        args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        args,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 240
     try:

@@ -8,7 +8,6 @@ kernel then fails writes with ``EFBIG`` exactly where a full disk fails them wit
 from __future__ import annotations
 
 import fcntl
-import glob
 import json
 import os
 import pty
@@ -434,7 +433,7 @@ def test_job_dirname_keeps_ordinary_names_and_flattens_paths():
 
 
 @pytest.mark.slow
-def test_path_override_gives_one_directory_per_job_and_a_working_sync_glob(tmp_path):
+def test_path_override_gives_one_directory_per_job_and_a_working_sync_command(tmp_path):
     mdp = REPO / "examples" / "mdps" / "two_state.yaml"
     args = (
         "-m",
@@ -451,9 +450,17 @@ def test_path_override_gives_one_directory_per_job_and_a_working_sync_glob(tmp_p
     jobs = _jobs(sweep)
     assert len(jobs) == 2, sorted(str(p) for p in sweep.rglob(schema.METADATA_FILE))
     assert all("%2F" in job.name and job.parent == sweep for job in jobs)
-    (sync,) = [ln for ln in proc.stdout.splitlines() if "wandb sync" in ln and "*" in ln]
-    pattern = sync.split("wandb sync ", 1)[1]
-    assert len(glob.glob(pattern)) == 2  # the printed glob finds every offline run
+    # the printed upload command takes the sweep as one argument (no shell glob, so a
+    # path inside an override cannot break it) and finds every offline run
+    assert f"python -m pglab_jobs.sync {sweep}" in proc.stdout
+    dry = subprocess.run(
+        [sys.executable, "-m", "pglab_jobs.sync", str(sweep), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert sum("offline-run-" in line for line in dry.stdout.splitlines()) == 2, dry.stdout
     again = run_app("tabular_ascent.py", *args)
     assert "0 done, 2 skipped" in again.stdout, again.stdout
 

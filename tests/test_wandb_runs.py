@@ -30,7 +30,7 @@ def test_offline_runs_read_back_equal_local_results(tmp_path, launcher):
     sweep = tmp_path / "multirun" / "tabular_ascent" / "wb"
     jobs = sorted(p.parent for p in sweep.rglob("metadata.json"))
     assert len(jobs) == 4 and "4 done" in proc.stdout
-    assert f"wandb sync {sweep}/*/wandb/offline-run-*" in proc.stdout
+    assert f"python -m pglab_jobs.sync {sweep}" in proc.stdout
     frames = load_wandb_offline(sweep)
     runs = frames["runs"]
     assert len(runs) == 4, "one W&B run per job"
