@@ -350,14 +350,7 @@ def test_unreachable_wandb_is_decided_once_and_every_job_logs_offline(tmp_path):
         assert storage.read_metadata(job)["wall_time_s"] < 30  # never the init timeout
     assert f"python -m pglab_jobs.sync {sweep}" in proc.stdout
     # that command finds exactly this sweep's three offline runs
-    dry = subprocess.run(
-        [sys.executable, "-m", "pglab_jobs.sync", str(sweep), "--dry-run"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert dry.returncode == 0, dry.stderr
-    assert sum("offline-run-" in line for line in dry.stdout.splitlines()) == 3, dry.stdout
+    assert _runs_to_sync(sweep) == 3
 
 
 @pytest.mark.slow
@@ -453,14 +446,7 @@ def test_path_override_gives_one_directory_per_job_and_a_working_sync_command(tm
     # the printed upload command takes the sweep as one argument (no shell glob, so a
     # path inside an override cannot break it) and finds every offline run
     assert f"python -m pglab_jobs.sync {sweep}" in proc.stdout
-    dry = subprocess.run(
-        [sys.executable, "-m", "pglab_jobs.sync", str(sweep), "--dry-run"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert dry.returncode == 0, dry.stderr
-    assert sum("offline-run-" in line for line in dry.stdout.splitlines()) == 2, dry.stdout
+    assert _runs_to_sync(sweep) == 2
     again = run_app("tabular_ascent.py", *args)
     assert "0 done, 2 skipped" in again.stdout, again.stdout
 
@@ -559,3 +545,15 @@ def test_sweep_progress_lines_closing_lines_and_report_command(tmp_path, launche
         assert "400/400 (100%)" in out
     else:
         assert "it/s" in terminal  # one job at a time: a bar on the terminal
+
+
+def _runs_to_sync(sweep: Path) -> int:
+    """How many offline runs ``python -m pglab_jobs.sync SWEEP`` would upload (dry run)."""
+    dry = subprocess.run(
+        [sys.executable, "-m", "pglab_jobs.sync", str(sweep), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dry.returncode == 0, dry.stderr
+    return sum("offline-run-" in line for line in dry.stdout.splitlines())

@@ -420,19 +420,49 @@ def _trpo(
         return TRPOStep(vector.clone(), False, 0.0, 0.0, 0.0, 0.0, ())
     beta = math.sqrt(2.0 * max_kl * natural.expected_length / natural.quadratic)
     j_old = natural.solution.expected_return
+    return _line_search(
+        vector,
+        natural.direction,
+        phi,
+        beta,
+        max_kl,
+        backtrack,
+        max_backtracks,
+        kl_of=lambda candidate_logits: _mean_kl(mdp, natural.solution, logits, candidate_logits),
+        improvement_of=lambda candidate_logits: (
+            exact.expected_return(mdp, candidate_logits) - j_old
+        ),
+    )
+
+
+def _line_search(
+    theta: torch.Tensor,
+    direction: torch.Tensor,
+    features: torch.Tensor | None,
+    beta: float,
+    max_kl: float,
+    backtrack: float,
+    max_backtracks: int,
+    kl_of: Any,
+    improvement_of: Any,
+) -> TRPOStep:
+    """TRPO's backtracking over ``theta + backtrack^j beta x``, ``j = 0 .. max_backtracks``:
+    the first candidate with ``kl_of(logits') <= max_kl`` and ``improvement_of(logits') > 0``
+    is taken; if none passes, theta is kept (exact and sampled TRPO differ only in the two
+    functions)."""
     trials = []
     for j in range(max_backtracks + 1):
         fraction = backtrack**j
-        candidate = vector + fraction * beta * natural.direction
-        candidate_logits = _logits(phi, candidate)
-        kl = _mean_kl(mdp, natural.solution, logits, candidate_logits)
-        improvement = exact.expected_return(mdp, candidate_logits) - j_old
+        candidate = theta + fraction * beta * direction
+        candidate_logits = _logits(features, candidate)
+        kl = kl_of(candidate_logits)
+        improvement = improvement_of(candidate_logits)
         accepted = kl <= max_kl and improvement > 0.0
         trials.append(TRPOTrial(fraction, kl, improvement, accepted))
         if accepted:
-            step_norm = float((candidate - vector).norm())
+            step_norm = float((candidate - theta).norm())
             return TRPOStep(candidate, True, kl, improvement, beta, step_norm, tuple(trials))
-    return TRPOStep(vector.clone(), False, 0.0, 0.0, beta, 0.0, tuple(trials))
+    return TRPOStep(theta.clone(), False, 0.0, 0.0, beta, 0.0, tuple(trials))
 
 
 # ---------------------------------------------------------------------------------------
@@ -583,19 +613,19 @@ def sampled_trpo_step(
     if not quadratic > 0.0 or length <= 0.0 or not math.isfinite(quadratic):
         return TRPOStep(theta.clone(), False, 0.0, 0.0, 0.0, 0.0, ())
     beta = math.sqrt(2.0 * max_kl * length / quadratic)
-    trials = []
-    for j in range(max_backtracks + 1):
-        fraction = backtrack**j
-        candidate = theta + fraction * beta * direction
-        candidate_logits = _logits(features, candidate)
-        kl = sampled_mean_kl(counts, logits, candidate_logits)
-        improvement = sampled_surrogate(gradient_logits, logits, candidate_logits)
-        accepted = kl <= max_kl and improvement > 0.0
-        trials.append(TRPOTrial(fraction, kl, improvement, accepted))
-        if accepted:
-            step_norm = float((candidate - theta).norm())
-            return TRPOStep(candidate, True, kl, improvement, beta, step_norm, tuple(trials))
-    return TRPOStep(theta.clone(), False, 0.0, 0.0, beta, 0.0, tuple(trials))
+    return _line_search(
+        theta,
+        direction,
+        features,
+        beta,
+        max_kl,
+        backtrack,
+        max_backtracks,
+        kl_of=lambda candidate_logits: sampled_mean_kl(counts, logits, candidate_logits),
+        improvement_of=lambda candidate_logits: sampled_surrogate(
+            gradient_logits, logits, candidate_logits
+        ),
+    )
 
 
 # ---------------------------------------------------------------------------------------
