@@ -48,17 +48,15 @@ from hydra.core.utils import (
 )
 from omegaconf import DictConfig, open_dict
 
-from pglab.schema import JOB_STATUS_FILE
 from pglab_jobs import progress as sweep_progress
 from pglab_jobs import storage
 from pglab_jobs.job import (
     JobContext,
     JobOutput,
     OpenJob,
-    _best_effort,
-    _job_dirs,
-    _job_status,
     close_job,
+    job_dirs,
+    mark_skipped,
     open_job,
 )
 from pglab_jobs.metadata import compose_key
@@ -130,27 +128,25 @@ def finished_before_composing(
         return {}
     sources = config.hydra.runtime.config_sources
     name = config.hydra.job.config_name
-    sweep_dir = Path(str(config.hydra.sweep.dir))
-    finished: dict[str, Path] = {}
-    for job_dir in _job_dirs(sweep_dir):
-        meta = storage.read_metadata(job_dir)
-        key = meta.get("compose_key") if meta else None
-        if key and key not in finished and storage.is_finished(job_dir, meta):
-            finished[key] = job_dir
-    found = {}
+    wanted: dict[str, list[int]] = {}
     for position, overrides in enumerate(job_overrides):
         key = compose_key(sources, name, list(overrides))
-        if key in finished:
-            found[position] = finished[key]
+        if key is not None:
+            wanted.setdefault(key, []).append(position)
+    found: dict[int, Path] = {}
+    for job_dir in job_dirs(Path(str(config.hydra.sweep.dir))):
+        meta = storage.read_metadata(job_dir)
+        key = meta.get("compose_key") if meta else None
+        positions = wanted.get(key, [])
+        if positions and positions[0] not in found and storage.is_finished(job_dir, meta):
+            found.update(dict.fromkeys(positions, job_dir))  # only wanted jobs are checked
     return found
 
 
 def _skip(job_dir: Path, sweep_dir: Path, idx: int, overrides: Sequence[str]) -> JobReturn:
     log.info("\t#%d : skip, already finished in %s", idx, job_dir.name)
-    _best_effort(JOB_STATUS_FILE, job_dir, lambda: _job_status(job_dir, "skipped"))
-    sweep_progress.record_job_end(sweep_dir, sweep_progress.job_key(job_dir, idx), "skipped")
     ret = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
-    ret.return_value = "skipped"
+    ret.return_value = mark_skipped(job_dir, sweep_dir, sweep_progress.job_key(job_dir, idx))
     return ret
 
 

@@ -117,7 +117,7 @@ def _hydra_facts() -> _Facts:
     )
 
 
-def _job_dirs(sweep_dir: Path) -> Iterator[Path]:
+def job_dirs(sweep_dir: Path) -> Iterator[Path]:
     """Job directories under ``sweep_dir``: those holding ``metadata.json``.
 
     Walks like ``rglob`` (job directories of old sweeps may be nested) but never enters a
@@ -154,7 +154,7 @@ def _finished_twin(sweep_dir: Path, run_dir: Path, hashes: tuple[str, ...]) -> P
             return run_dir
         if meta.get("status") in storage.FINISHED_STATUSES:
             log.warning("recomputing %s: %s", run_dir.name, problem)
-    for job_dir in _job_dirs(sweep_dir):
+    for job_dir in job_dirs(sweep_dir):
         if job_dir == run_dir:
             continue
         meta = storage.read_metadata(job_dir)
@@ -283,12 +283,25 @@ class OpenJob:
 
 
 def _end_of_job(facts: _Facts, key: str, status: str) -> None:
-    if facts.sweep_dir is None:
+    end_of_job(facts.sweep_dir, key, status)
+
+
+def end_of_job(sweep_dir: Path | None, key: str, status: str) -> None:
+    """Record a sweep job's end for the sweep's progress line, and log that line."""
+    if sweep_dir is None:
         return
-    sweep_progress.record_job_end(facts.sweep_dir, key, status)
-    line = sweep_progress.sweep_line(facts.sweep_dir)
+    sweep_progress.record_job_end(sweep_dir, key, status)
+    line = sweep_progress.sweep_line(sweep_dir)
     if line:
-        log.info("sweep %s: %s", facts.sweep_dir.name, line)
+        log.info("sweep %s: %s", sweep_dir.name, line)
+
+
+def mark_skipped(run_dir: Path, sweep_dir: Path | None, key: str, **extra: Any) -> str:
+    """A job found finished before: its status file says "skipped" (``extra``: e.g. the
+    twin it is the same as), the sweep counts it; returns ``"skipped"``."""
+    _best_effort(JOB_STATUS_FILE, run_dir, lambda: _job_status(run_dir, "skipped", **extra))
+    end_of_job(sweep_dir, key, "skipped")
+    return "skipped"
 
 
 def _job_failed(
@@ -367,11 +380,7 @@ def open_job(
                 if twin == run_dir:  # so that the next re-run skips it before composing
                     _best_effort(METADATA_FILE, run_dir, lambda: _record_compose_key(run_dir))
                 extra = {"same_as": str(twin)} if twin != run_dir else {}
-                _best_effort(
-                    JOB_STATUS_FILE, run_dir, lambda: _job_status(run_dir, "skipped", **extra)
-                )
-                _end_of_job(facts, key, "skipped")
-                return "skipped"
+                return mark_skipped(run_dir, sweep_dir, key, **extra)
 
         import torch  # not needed to skip a job
 
