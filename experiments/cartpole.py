@@ -193,9 +193,8 @@ def prepare(ctx: JobContext) -> Prepared:
 
     if 0 in checkpoints:
         quality_rows.extend(measure_gradient_quality(settings, policy, 0, ctx))
-    batchable = lockstep.unbatchable_reason(settings.env_id, policy) is None
-    group = None
-    if batchable:
+    group = None  # not batchable: trains alone with a RolloutCollector
+    if lockstep.unbatchable_reason(settings.env_id, policy) is None:
         group = lockstep.group_key(config, policy, max_episode_steps=settings.max_episode_steps)
     return Prepared(
         settings, config, policy, detector, collapse_config, on_iteration, quality_rows, bar, group
@@ -205,15 +204,13 @@ def prepare(ctx: JobContext) -> Prepared:
 def train_prepared(prepared: Prepared) -> TrainResult:
     """Train one prepared job alone: lock-step with R = 1 for CartPole (so its numbers equal
     the same job's inside any batch), :func:`train` with a RolloutCollector otherwise."""
+    if prepared.group is not None:
+        (outcome,) = train_group([prepared])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
     settings = prepared.settings
     try:
-        if prepared.group is not None:
-            (outcome,) = lockstep.train_lockstep(
-                [prepared.lockstep_run()], max_episode_steps=settings.max_episode_steps
-            )
-            if isinstance(outcome, BaseException):
-                raise outcome
-            return outcome
         with prepared.config.make_collector(
             seed=settings.seed, max_episode_steps=settings.max_episode_steps
         ) as collector:
