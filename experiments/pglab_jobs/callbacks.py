@@ -61,10 +61,12 @@ def sweep_counts(sweep_dir: Path, since: str | None = None) -> dict[str, int]:
 def count_jobs(config: DictConfig) -> int | None:
     """How many jobs the basic sweeper will launch for ``config``; ``None`` if unknown."""
     try:
-        sweeper = str(config.hydra.sweeper.get("_target_", ""))
-        if not sweeper.endswith(("BasicSweeper", "PglabSweeper")):  # the same grid
-            return None
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.utils import get_class
+
+        sweeper = get_class(str(config.hydra.sweeper.get("_target_", "")))
+        if not issubclass(sweeper, BasicSweeper):  # its grid is the basic sweeper's
+            return None
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         params = config.hydra.sweeper.get("params") or {}
@@ -202,8 +204,7 @@ class SweepSummary(Callback):
         quoted = shlex.quote(str(sweep_dir))
         if counts["done"] + counts["diverged"] and config.get("logger", {}).get("enabled"):
             print(
-                "upload every offline W&B run of this sweep: "
-                f"python -m pglab_jobs.sync {quoted}",
+                f"upload every offline W&B run of this sweep: python -m pglab_jobs.sync {quoted}",
                 flush=True,
             )
         if counts["done"] + counts["diverged"] + counts["skipped"]:

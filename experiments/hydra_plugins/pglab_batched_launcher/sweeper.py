@@ -16,10 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra_plugins.pglab_batched_launcher.batched_launcher import BatchedLauncher
 
 
 class PglabSweeper(BasicSweeper):
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
-        if type(getattr(self, "launcher", None)).__name__ == "BatchedLauncher":
+        if isinstance(getattr(self, "launcher", None), BatchedLauncher):
             return
         super().validate_batch_is_legal(batch)
