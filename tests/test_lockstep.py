@@ -118,6 +118,8 @@ def test_stack_samples_actions_with_the_policys_probabilities():
 def test_episode_starts_are_the_runs_own_draws_from_cartpoles_reset_law(monkeypatch):
     # Every batch starts from s_0 ~ U(-0.05, 0.05)^4 per copy drawn from the run's
     # default_rng(seed): the batch's first observations are exactly those draws (float32).
+    # (optimizer="momentum" updates through Learner.learn, which sees the EpisodeBatch;
+    # stacked runs start their batches through the same code.)
     from pglab.gym import lockstep
 
     seen = []
@@ -125,7 +127,7 @@ def test_episode_starts_are_the_runs_own_draws_from_cartpoles_reset_law(monkeypa
     monkeypatch.setattr(
         lockstep.Learner, "learn", lambda self, batch: (seen.append(batch), learn(self, batch))
     )
-    run = _run(100, 1e-4, 11, steps=None, max_iterations=2)
+    run = _run(100, 1e-4, 11, steps=None, max_iterations=2, optimizer="momentum")
     train_lockstep([run])
     rng = np.random.default_rng(11)
     for batch in seen:
@@ -149,3 +151,35 @@ def test_odd_widths_and_activations_stay_bit_identical_in_batches_of_any_size():
     trio = train_lockstep([run(2), run(0), run(1)])
     assert _same(alone[1], pair[0]) and _same(alone[2], pair[1])
     assert _same(alone[2], trio[0]) and _same(alone[0], trio[1]) and _same(alone[1], trio[2])
+
+
+def test_stacked_updates_share_calls_and_when_they_happen_changes_no_number(monkeypatch):
+    # pg/sgd runs wait for each other and update in one stacked call (k > 1 here); how long
+    # they wait (MAX_WAIT, FLUSH_SHARE) changes which runs share a call, never the numbers.
+    from pglab.gym import lockstep, stacked
+
+    sizes = []
+    step = stacked.pg_step
+
+    def counting(flat, layout, batch, activation):
+        sizes.append(flat.shape[0])
+        return step(flat, layout, batch, activation)
+
+    monkeypatch.setattr(stacked, "pg_step", counting)
+    specs = [
+        dict(n=1, step_size=1e-3, seed=0),
+        dict(n=2, step_size=1e-2, seed=1),
+        dict(n=4, step_size=1e-3, seed=5, estimator="reward_to_go"),
+        dict(n=3, step_size=1e-3, seed=6, estimator="baseline_batch_mean"),
+    ]
+    alone = [train_lockstep([_run(**spec)])[0] for spec in specs]
+    assert max(sizes) == 1
+    for wait, share in ((0, 1.0), (50, 1.0), (8, 0.5)):
+        monkeypatch.setattr(lockstep, "MAX_WAIT", wait)
+        monkeypatch.setattr(lockstep, "FLUSH_SHARE", share)
+        sizes.clear()
+        together = train_lockstep([_run(**spec) for spec in specs])
+        if wait > 0:
+            assert max(sizes) > 1, (wait, share)
+        for a, b, spec in zip(alone, together, specs, strict=True):
+            assert _same(a, b), (spec, wait, share)

@@ -5,11 +5,22 @@ architecture is played in a single ``CartPoleVectorEnv`` with R x M copies: run 
 the M copies ``r*M ... r*M + M - 1``, of which its first N_r play its episodes and the
 rest are padding that steps along unused. Every vector step evaluates all R policies in
 one call (stacked parameters, ``torch.bmm``), draws each run's actions from that run's
-own uniforms, and steps the environment once. A run that has finished its N episodes
-hands them to its :class:`pglab.gym.training.Learner` (the same per-iteration code
-:func:`pglab.gym.training.train` runs), copies its new parameters into the stack, and
-starts its next batch on the next step while the other runs go on; runs never wait for
-each other.
+own uniforms, and steps the environment once.
+
+When a run's N episodes have all ended, it updates:
+
+* ``update="pg"`` with ``optimizer="sgd"`` (the textbook rule; :func:`stacks_updates`):
+  the run waits, and the waiting runs update together in one
+  :func:`pglab.gym.stacked.pg_step` call per padded row count, when at least
+  ``FLUSH_SHARE`` of the active runs wait, when the first of them has waited ``MAX_WAIT``
+  vector steps, or when no run plays on. One update costs ~1 ms of tensor calls whatever
+  N is, so stacking k runs divides that by about k (measured in
+  ``benchmarks/bench_lockstep.py``); waiting costs vector steps, hence the bounds.
+* any other rule or optimizer: at once, through its own
+  :class:`pglab.gym.training.Learner` (the code :func:`pglab.gym.training.train` runs).
+
+Then it starts its next batch on the next vector step. Waiting changes which runs share
+a call, never a run's numbers.
 
 Bit-identical per run
 ---------------------
@@ -22,7 +33,8 @@ alone (R = 1, which is how the CartPole app plays a single run):
   consumes another's random numbers. The dynamics are element-wise numpy, the same
   arithmetic in every column.
 * **Actions** use U ~ U[0, 1) from the run's ``Learner.generator``, one per copy and step
-  (``torch.rand(block, N)`` every ``UNIFORM_BLOCK`` steps), with the law of
+  the run plays (``torch.rand(block, N)`` every ``UNIFORM_BLOCK`` of them; a waiting run
+  uses none), with the law of
   :meth:`CategoricalPolicy.sample` (:meth:`PolicyStack.sample`). Element-wise
   transcendental kernels are *not* position-independent (measured: ``torch.sigmoid`` on a
   slice differs in the last bit from the same values inside a longer tensor, for 171 of
@@ -34,7 +46,9 @@ alone (R = 1, which is how the CartPole app plays a single run):
   multiple of 8, and so that M x width is a multiple of 64 for the activation) whether
   alone or in a batch, and only runs with the same M share a
   batch; a slice of ``torch.bmm`` does not depend on the other slices (tested).
-* **Updates** are the run's own Learner on its own batch: identical code either way.
+* **Updates** are the run's own Learner on its own batch, or its slice of a stacked
+  step, which does not depend on the other slices (:mod:`pglab.gym.stacked`: canonical
+  padded shapes, slice-wise kernels).
 
 ``tests/test_lockstep.py`` checks the whole history and final parameters bit for bit
 (alone vs in batches of other sizes and other runs). The vector environment must be
@@ -45,14 +59,15 @@ batched (other environments run one by one with
 
 Cost per vector step: one ``bmm`` per layer over all runs, one softmax, one environment
 step over R x M copies and a few numpy copies into a ring buffer of the last
-``max_episode_steps`` steps; per finished batch, the run's own update. Failures are per
-run: a run whose update raises (or whose callback does) leaves the batch with that error
-and the others go on; a diverged run ends as ``diverged`` as in ``train``.
+``max_episode_steps`` steps; per finished batch, its packing and its share of an update.
+Failures are per run: a run whose update raises (or whose callback does) leaves the batch
+with that error and the others go on; a diverged run ends as ``diverged`` as in ``train``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -63,8 +78,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pglab import checks
+from pglab import checks, estimators
 from pglab.collapse import CollapseDetector
+from pglab.gym import stacked
+from pglab.gym.gradients import grad_variance, per_episode_gradients
 from pglab.gym.policies import ACTIVATIONS, CategoricalPolicy
 from pglab.gym.rollouts import EpisodeBatch
 from pglab.gym.training import Learner, TrainConfig
@@ -88,6 +105,13 @@ log = logging.getLogger("pglab.lockstep")
 ROW_BLOCK = 8
 #: Steps of uniforms drawn per ``torch.rand`` call of a run.
 UNIFORM_BLOCK = 256
+#: A run waiting for a stacked update waits at most this many vector steps for others ...
+MAX_WAIT = 8
+#: ... or until this share of the batch's active runs waits (or none plays on).
+FLUSH_SHARE = 0.5
+#: At most this many rows (runs x padded steps) per stacked update call: bigger calls
+#: leave the CPU caches and cost more per run (measured in benchmarks/bench_lockstep.py).
+MAX_STACKED_ROWS = 8192
 #: CartPole's reset law: every state variable ~ U(RESET_LOW, RESET_HIGH).
 RESET_LOW, RESET_HIGH = -0.05, 0.05
 
@@ -145,7 +169,9 @@ class PolicyStack:
 
     Layer l of run r is kept transposed, ``weights_t[l][r] [in, out]``, with
     ``biases[l][r] [1, out]``, so a layer is one ``baddbmm``; hidden layers apply the
-    policies' activation. :meth:`load` copies a run's current parameters in.
+    policies' activation. Both are views of ``flat [R, n]`` (:class:`stacked.Layout`), on
+    which :func:`stacked.pg_step` updates many runs at once. :meth:`load` copies a run's
+    current parameters in.
     """
 
     def __init__(self, policies: Sequence[CategoricalPolicy]) -> None:
@@ -163,15 +189,21 @@ class PolicyStack:
         self.dtype = first.dtype
         self.n_actions = first.n_actions
         self.activation = ACTIVATIONS[first.activation]
-        with torch.no_grad():
-            self.weights_t = [
-                torch.stack([p.layers[i].weight.detach().T for p in policies]).contiguous()
-                for i in range(len(first.layers))
-            ]
-            self.biases = [
-                torch.stack([p.layers[i].bias.detach().clone() for p in policies]).unsqueeze(1)
-                for i in range(len(first.layers))
-            ]
+        widths = (first.obs_dim, *first.hidden_sizes, first.n_actions)
+        self.layout = stacked.Layout(widths)
+        #: ``[R, n]``: every run's parameters, laid out by :class:`stacked.Layout`.
+        self.flat = torch.zeros(len(policies), self.layout.size, dtype=self.dtype)
+        self.weights_t, self.biases = self.layout.views(self.flat)
+        # per run: its slots (views of flat) and its policy's parameters, in one order
+        self._slots: list[list[Tensor]] = []
+        self._params: list[list[Tensor]] = []
+        for r, policy in enumerate(policies):
+            self._slots.append([])
+            self._params.append([])
+            for i, layer in enumerate(policy.layers):
+                self._slots[r] += [self.weights_t[i][r].T, self.biases[i][r, 0]]
+                self._params[r] += [layer.weight, layer.bias]
+            self.load(r, policy)
 
     def load(self, r: int, policy: CategoricalPolicy) -> None:
         """Copy ``policy``'s current parameters into slot r."""
@@ -179,6 +211,26 @@ class PolicyStack:
             for i, layer in enumerate(policy.layers):
                 self.weights_t[i][r].copy_(layer.weight.T)
                 self.biases[i][r, 0].copy_(layer.bias)
+
+    def _pairs(self, rs: Sequence[int]) -> tuple[list[Tensor], list[Tensor]]:
+        slots: list[Tensor] = []
+        params: list[Tensor] = []
+        for r in rs:
+            slots += self._slots[r]
+            params += self._params[r]
+        return slots, params
+
+    def load_many(self, rs: Sequence[int]) -> None:
+        """Copy the stacked policies ``rs`` (their current parameters) into their slots."""
+        slots, params = self._pairs(rs)
+        with torch.no_grad():
+            torch._foreach_copy_(slots, params)
+
+    def store_many(self, rs: Sequence[int]) -> None:
+        """Copy slots ``rs`` into their policies' parameters (the inverse of :meth:`load_many`)."""
+        slots, params = self._pairs(rs)
+        with torch.no_grad():
+            torch._foreach_copy_(params, slots)
 
     def logits(self, obs: Tensor) -> Tensor:
         """``[R, M, obs_dim] -> [R, M, A]``: l = W_L g(... g(W_1 s + b_1) ...) + b_L per run."""
@@ -297,6 +349,46 @@ def train_lockstep(
         env.close()
 
 
+def stacks_updates(config: TrainConfig, policy: CategoricalPolicy) -> bool:
+    """Whether a run's updates go through :func:`pglab.gym.stacked.pg_step` (many runs per
+    call): ``update="pg"`` with ``optimizer="sgd"`` and a float32/float64 policy. Other runs
+    update one by one with their :class:`Learner`."""
+    return (
+        config.update == "pg"
+        and config.optimizer == "sgd"
+        and policy.dtype in (torch.float32, torch.float64)
+    )
+
+
+@dataclass
+class _Finished:
+    """A run's finished batch as its real steps (episode-major), awaiting its update."""
+
+    observations: np.ndarray  # [S, obs_dim]
+    actions: np.ndarray  # [S]
+    rewards: np.ndarray  # [S]
+    episode: np.ndarray  # [S] the episode of each step
+    t_index: np.ndarray  # [S] the step's time within its episode
+    returns: tuple[float, float, float, float]  # mean, median, min, max
+    length_mean: float
+    total_steps: int  # copies x vector steps the batch took
+    variance: float
+    ended: int  # the vector step its last episode ended at
+
+    @property
+    def real_steps(self) -> int:
+        return int(self.actions.shape[0])
+
+
+def _return_stats(returns: np.ndarray) -> tuple[float, float, float, float]:
+    """(mean, median, min, max) of ``[N]`` float64 returns; the median of an even N is the
+    midpoint of the two middle values."""
+    ordered = np.sort(returns)
+    n = ordered.shape[0]
+    median = 0.5 * (ordered[(n - 1) // 2] + ordered[n // 2])
+    return float(returns.mean()), float(median), float(ordered[0]), float(ordered[-1])
+
+
 def _play(
     runs: Sequence[LockstepRun],
     env: Any,
@@ -319,6 +411,7 @@ def _play(
     rngs = [
         np.random.default_rng(run.config.seed if run.seed is None else run.seed) for run in runs
     ]
+    stacking = [stacks_updates(run.config, run.policy) for run in runs]
     for r, run in enumerate(runs):
         try:
             learners[r] = Learner(run.config, run.policy, run.detector, run.callback)
@@ -331,12 +424,18 @@ def _play(
     act_log = np.zeros((cap, n_copies), dtype=np.int64)
     rew_log = np.zeros((cap, n_copies), dtype=np.float32)
     obs = np.zeros((n_copies, obs_dim), dtype=np.float32)
-    uniforms = torch.zeros(UNIFORM_BLOCK, n_runs, m)
+    # Each run's next UNIFORM_BLOCK steps of draws, and how many of them it has used.
+    uniforms = torch.zeros(n_runs, UNIFORM_BLOCK, m)
+    cursor = np.full(n_runs, UNIFORM_BLOCK, dtype=np.int64)
+    every_run = torch.arange(n_runs)
     running = np.zeros(n_copies, dtype=np.bool_)
     lengths = np.zeros(n_copies, dtype=np.int64)
     terminated = np.zeros(n_copies, dtype=np.bool_)
     started = np.zeros(n_runs, dtype=np.int64)  # vector step at which each run's batch began
-    active = np.zeros(n_runs, dtype=np.bool_)
+    active = np.zeros(n_runs, dtype=np.bool_)  # not ended yet
+    playing = np.zeros(n_runs, dtype=np.bool_)  # active and not waiting for its update
+    waiting: dict[int, _Finished] = {}  # stacked runs whose batch awaits its update
+    full_horizon = stacked.padded_steps(time_limit)
 
     def begin(r: int, step: int) -> None:
         """Start run r's next batch at vector step ``step``: fresh episode starts."""
@@ -352,10 +451,12 @@ def _play(
         terminated[cols] = False
         started[r] = step
         active[r] = True
+        playing[r] = True
 
     def stop(r: int, outcome: TrainResult | BaseException) -> None:
         outcomes[r] = outcome
         active[r] = False
+        playing[r] = False
         running[r * m : (r + 1) * m] = False
         if on_result is not None:
             try:
@@ -371,10 +472,8 @@ def _play(
         else:
             stop(r, learner.result())
 
-    def finish_batch(r: int, step: int) -> None:
-        """Run r's N episodes all ended at vector step ``step``: learn, then go on or stop."""
-        learner = learners[r]
-        assert learner is not None
+    def episode_batch(r: int, step: int) -> tuple[EpisodeBatch, Tensor]:
+        """Run r's N episodes as an :class:`EpisodeBatch` ``[N, T]`` and their weights."""
         t = step - started[r] + 1
         rows = (started[r] + np.arange(t)) % cap
         cols = slice(r * m, r * m + ns[r])
@@ -390,14 +489,183 @@ def _play(
             terminated=torch.from_numpy(terminated[cols].copy()),
             env_steps=int(t) * ns[r],
         )
+        config = runs[r].config
+        weights = estimators.step_weights(batch.rewards, mask, config.estimator, config.gamma)
+        return batch, weights
+
+    def finish_batch(r: int, step: int) -> None:
+        """Run r's N episodes all ended at vector step ``step``: learn now (its own
+        Learner), or pack the batch to wait for a stacked update."""
+        learner = learners[r]
+        assert learner is not None
         try:
-            learner.learn(batch)
-            stack.load(r, runs[r].policy)
-            next_or_stop(r, step + 1)
+            if not stacking[r]:
+                batch, _ = episode_batch(r, step)
+                learner.learn(batch)
+                stack.load(r, runs[r].policy)
+                next_or_stop(r, step + 1)
+                return
+            waiting[r] = pack(r, step)
+            playing[r] = False
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as error:
             stop(r, error)
+
+    def pack(r: int, step: int) -> _Finished:
+        config, learner = runs[r].config, learners[r]
+        assert learner is not None
+        cols = slice(r * m, r * m + ns[r])
+        lens = lengths[cols].copy()
+        n_steps = int(lens.sum())
+        firsts = np.cumsum(lens) - lens  # where each episode starts in the packed rows
+        t_index = np.arange(n_steps) - np.repeat(firsts, lens)
+        rows = (started[r] + t_index) % cap
+        columns = np.repeat(np.arange(cols.start, cols.stop), lens)
+        rewards = rew_log[rows, columns]
+        variance = math.nan
+        every = config.variance_every
+        if every > 0 and learner.iteration % every == 0 and ns[r] >= 2:
+            batch, nt_weights = episode_batch(r, step)
+            variance = grad_variance(per_episode_gradients(runs[r].policy, batch, nt_weights))
+        return _Finished(
+            observations=obs_log[rows, columns],
+            actions=act_log[rows, columns],
+            rewards=rewards,
+            episode=np.repeat(np.arange(ns[r]), lens),
+            t_index=t_index,
+            returns=_return_stats(np.add.reduceat(rewards, firsts).astype(np.float64)),
+            length_mean=float(lens.mean()),
+            total_steps=int(step - started[r] + 1) * ns[r],
+            variance=variance,
+            ended=step,
+        )
+
+    def step_weights(rs: list[int]) -> dict[int, np.ndarray]:
+        """Psi of each waiting run's real steps ``[S]``: one ``estimators.step_weights`` call
+        per (estimator, gamma, N, T). T is the time limit for the return-based estimators
+        (one vectorised sum over T) and the longest episode rounded up to
+        :func:`stacked.padded_steps` for the others (a loop over T); either way a function
+        of the run's own batch, and every operation is row-wise, so a run's weights do not
+        depend on which runs share the call."""
+        groups: dict[tuple, list[int]] = {}
+        for r in rs:
+            config, done = runs[r].config, waiting[r]
+            if config.estimator in estimators.RETURN_ESTIMATORS:
+                horizon = full_horizon
+            else:
+                horizon = stacked.padded_steps(int(done.t_index.max()) + 1)
+            key = (config.estimator, config.gamma, ns[r], horizon)
+            groups.setdefault(key, []).append(r)
+        out: dict[int, np.ndarray] = {}
+        for (estimator, gamma, n, horizon), members in groups.items():
+            rewards = np.zeros((len(members), n, horizon), dtype=np.float32)
+            mask = np.zeros(rewards.shape, dtype=np.bool_)
+            for j, r in enumerate(members):
+                done = waiting[r]
+                rewards[j, done.episode, done.t_index] = done.rewards
+                mask[j, done.episode, done.t_index] = True
+            weights = estimators.step_weights(
+                torch.from_numpy(rewards), torch.from_numpy(mask), estimator, gamma
+            ).numpy()
+            for j, r in enumerate(members):
+                done = waiting[r]
+                out[r] = weights[j, done.episode, done.t_index]
+        return out
+
+    def update_waiting(step: int) -> None:
+        """Update every waiting run, stacked by padded row count, and start their next batch."""
+        try:
+            weights = step_weights(list(waiting))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as error:
+            for r in list(waiting):
+                stop(r, error)
+            waiting.clear()
+            return
+        by_rows: dict[int, list[int]] = {}
+        for r, done in waiting.items():
+            by_rows.setdefault(stacked.padded_steps(done.real_steps), []).append(r)
+        for rows, group in sorted(by_rows.items()):
+            chunk = max(1, MAX_STACKED_ROWS // rows)
+            for i in range(0, len(group), chunk):
+                update_stacked(group[i : i + chunk], rows, weights, step)
+        waiting.clear()
+
+    def update_stacked(rs: list[int], rows: int, psi: dict[int, np.ndarray], step: int) -> None:
+        k, dtype = len(rs), stack.dtype
+        observations = np.zeros((k, rows, obs_dim), dtype=np.float32)
+        actions = np.zeros((k, rows), dtype=np.int64)
+        weights = np.zeros((k, rows), dtype=np.float32)
+        real = np.zeros((k, rows), dtype=np.float32)
+        for j, r in enumerate(rs):
+            done = waiting[r]
+            s = done.real_steps
+            observations[j, :s] = done.observations
+            actions[j, :s] = done.actions
+            weights[j, :s] = psi[r]
+            real[j, :s] = 1.0
+        configs = [runs[r].config for r in rs]
+        iterations = [learners[r].iteration for r in rs]  # type: ignore[union-attr]
+        batch = stacked.StackedBatch(
+            observations=torch.from_numpy(observations).to(dtype),
+            actions=torch.from_numpy(actions),
+            weights=torch.from_numpy(weights).to(dtype),
+            real=torch.from_numpy(real).to(dtype),
+            n_trajectories=torch.tensor([c.n_trajectories for c in configs], dtype=dtype),
+            step_size=torch.tensor([c.step_size for c in configs], dtype=dtype),
+            threshold=torch.tensor([c.deterministic_threshold for c in configs], dtype=dtype),
+            poison=torch.tensor(
+                [c.inject_nan_at == i for c, i in zip(configs, iterations, strict=True)]
+            ),
+        )
+        index = torch.tensor(rs)
+        try:
+            new, numbers = stacked.pg_step(stack.flat[index], stack.layout, batch, stack.activation)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as error:
+            for r in rs:
+                stop(r, error)
+            return
+        stack.flat[index] = new
+        stack.store_many(rs)
+        going = []
+        for r, values in zip(rs, numbers.tolist(), strict=True):
+            learner, done = learners[r], waiting[r]
+            assert learner is not None
+            loss, grad_norm, entropy, frac_det, kl, step_norm, finite = values
+            try:
+                learner.count_steps(done.real_steps, done.total_steps)
+                learner.record(
+                    returns=done.returns,
+                    length_mean=done.length_mean,
+                    loss=loss,
+                    grad_norm=grad_norm,
+                    entropy=entropy,
+                    kl=kl,
+                    step_norm=step_norm,
+                    frac_deterministic=frac_det,
+                    grad_variance=done.variance,
+                    finite=finite == 1.0,
+                )
+                going.append(r)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as error:
+                stop(r, error)
+        if not going:
+            return
+        stack.load_many(going)  # a callback may have changed a policy's parameters
+        params_finite = stacked.all_finite(stack.flat[torch.tensor(going)]).tolist()
+        for r, ok in zip(going, params_finite, strict=True):
+            learner = learners[r]
+            assert learner is not None
+            if learner.wants_batch(params_finite=ok):
+                begin(r, step + 1)
+            else:
+                stop(r, learner.result())
 
     for r in range(n_runs):
         if outcomes[r] is None:
@@ -414,20 +682,21 @@ def _play(
         return Progress(n_runs, done, steps, step, time.perf_counter() - start)
 
     while active.any():
-        k = step % UNIFORM_BLOCK
-        if k == 0:
-            for r in np.flatnonzero(active):
-                learner = learners[r]
-                assert learner is not None
-                uniforms[:, r, : ns[r]] = stack.draws(
-                    torch.rand(UNIFORM_BLOCK, ns[r], generator=learner.generator)
-                )
+        for r in np.flatnonzero(playing & (cursor >= UNIFORM_BLOCK)):
+            learner = learners[r]
+            assert learner is not None
+            uniforms[r, :, : ns[r]] = stack.draws(
+                torch.rand(UNIFORM_BLOCK, ns[r], generator=learner.generator)
+            )
+            cursor[r] = 0
+        draws = uniforms[every_run, torch.from_numpy(np.minimum(cursor, UNIFORM_BLOCK - 1))]
         row = step % cap
         obs_log[row] = obs
-        actions = stack.sample(torch.from_numpy(obs).view(n_runs, m, obs_dim), uniforms[k])
+        actions = stack.sample(torch.from_numpy(obs).view(n_runs, m, obs_dim), draws)
         act_np = actions.numpy().reshape(n_copies)
         act_log[row] = act_np
         next_obs, reward, term, trunc, _ = env_step(act_np)
+        cursor += playing
         rew_log[row] = reward
         np.copyto(obs, next_obs)
         ended = (term | trunc) & running
@@ -437,8 +706,14 @@ def _play(
             terminated[idx] = term[idx]
             running[idx] = False
             for r in np.unique(idx // m):
-                if active[r] and not running[r * m : (r + 1) * m].any():
+                if playing[r] and not running[r * m : (r + 1) * m].any():
                     finish_batch(int(r), step)
+        if waiting and (
+            not playing.any()
+            or len(waiting) >= FLUSH_SHARE * int(active.sum())
+            or step - next(iter(waiting.values())).ended >= MAX_WAIT
+        ):
+            update_waiting(step)
         step += 1
         if report is not None and time.perf_counter() - last_report >= report_every_s:
             last_report = time.perf_counter()

@@ -384,8 +384,9 @@ class Learner:
         self.done = False
         self._start = time.perf_counter()
 
-    def wants_batch(self) -> bool:
-        """Whether the run goes on: budget left, no stop yet, parameters still finite."""
+    def wants_batch(self, params_finite: bool | None = None) -> bool:
+        """Whether the run goes on: budget left, no stop yet, parameters still finite
+        (``params_finite``: the caller has just checked them; ``None``: check here)."""
         config = self.config
         if self.done:
             return False
@@ -393,7 +394,8 @@ class Learner:
             self.done = True
         elif config.max_env_steps is not None and self.env_steps >= config.max_env_steps:
             self.done = True
-        elif not _all_finite(self.params):  # e.g. changed from outside between iterations
+        elif not (_all_finite(self.params) if params_finite is None else params_finite):
+            # e.g. changed from outside between iterations
             self.status = "diverged"
             self.detector.update(self.iteration, math.nan, math.nan, finite=False)
             self.done = True
@@ -405,14 +407,18 @@ class Learner:
         }
         return TrainResult(self.history, self.status, self.detector.status, final_params)
 
+    def count_steps(self, real: int, total: int) -> None:
+        """Add a batch's real env steps (sum of episode lengths) and the steps its
+        collector played (wasted ones included) to the run's counters."""
+        self.env_steps += real
+        self.env_steps_total += total
+
     def learn(self, batch: Any) -> None:
         """Steps 2-5 on one batch of N episodes played with the current policy."""
-        config, policy, params, detector = self.config, self.policy, self.params, self.detector
+        config, policy, params = self.config, self.policy, self.params
         optimizer, rule, iteration = self.optimizer, self.rule, self.iteration
         mask = batch.mask.bool()
-        self.env_steps += int(mask.sum())
-        self.env_steps_total += int(batch.env_steps)
-        env_steps = self.env_steps
+        self.count_steps(int(mask.sum()), int(batch.env_steps))
         returns = torch.as_tensor(batch.returns, dtype=torch.float64)
 
         # 2. per-step weights Psi [N, T]
@@ -505,11 +511,53 @@ class Learner:
                     extras[name] = float(info.extras.get(name, math.nan))
                 finite = math.isfinite(kl) and _all_finite(params)
 
-        return_mean = float(returns.mean())
+        self.record(
+            returns=(
+                float(returns.mean()),
+                _median(returns),  # midpoint for even N
+                float(returns.min()),
+                float(returns.max()),
+            ),
+            length_mean=float(mask.sum(dim=1).double().mean()),
+            loss=float(loss.detach()),
+            grad_norm=grad_norm,
+            entropy=entropy,
+            kl=kl,
+            step_norm=step_norm,
+            extras=extras,
+            frac_deterministic=frac_det,
+            grad_variance=variance,
+            finite=finite,
+        )
+
+    def record(
+        self,
+        *,
+        returns: tuple[float, float, float, float],
+        length_mean: float,
+        loss: float,
+        grad_norm: float,
+        entropy: float,
+        kl: float,
+        step_norm: float,
+        frac_deterministic: float,
+        grad_variance: float,
+        finite: bool,
+        extras: dict[str, float] | None = None,
+    ) -> dict[str, Any]:
+        """Step 5's bookkeeping for the iteration whose numbers are given (computed by
+        :meth:`learn`, or for many runs at once by :func:`pglab.gym.stacked.pg_step`): the
+        collapse detector, the history row, the run's status, then the callback. ``returns``
+        is the batch's episode returns' (mean, median, min, max), the median the midpoint
+        for even N; the env-step counters must already include this batch
+        (:meth:`count_steps`). Returns the row."""
+        config, detector, iteration = self.config, self.detector, self.iteration
+        return_mean, return_median, return_min, return_max = returns
         collapse = detector.update(
             iteration, return_mean, entropy, finite, n_episodes=config.n_trajectories
         )
         wall = time.perf_counter() - self._start
+        env_steps = self.env_steps
         metrics = {
             "iteration": iteration,
             "env_steps": env_steps,
@@ -517,18 +565,18 @@ class Learner:
             "wall_time": wall,
             "sps": env_steps / wall if wall > 0 else math.nan,
             "return_mean": return_mean,
-            "return_median": _median(returns),  # midpoint for even N
-            "return_min": float(returns.min()),
-            "return_max": float(returns.max()),
-            "length_mean": float(mask.sum(dim=1).double().mean()),
-            "loss": float(loss.detach()),
+            "return_median": return_median,
+            "return_min": return_min,
+            "return_max": return_max,
+            "length_mean": length_mean,
+            "loss": loss,
             "grad_norm": grad_norm,
             "entropy": entropy,
             "kl": kl,
             "step_norm": step_norm,
-            **extras,
-            "frac_deterministic": frac_det,
-            "grad_variance": variance,
+            **(extras or dict.fromkeys(RECORDED_EXTRAS, math.nan)),
+            "frac_deterministic": frac_deterministic,
+            "grad_variance": grad_variance,
             "collapsed": collapse.collapsed,
             "diverged": not finite,
         }
@@ -541,3 +589,4 @@ class Learner:
             self.done = True
         if self.callback is not None:
             self.callback(metrics)
+        return metrics

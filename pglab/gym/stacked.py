@@ -1,0 +1,251 @@
+"""One REINFORCE step for k runs at once, on stacked parameters (one set of tensor calls).
+
+A lock-step batch (:mod:`pglab.gym.lockstep`) plays many runs of one MLP policy
+architecture; each run updates after its own N episodes. Updating them one by one costs
+about 1-2 ms of Python and tensor-call overhead per run and update, the same for N = 1 as
+for N = 50, which made that overhead the floor of a whole grid. :func:`pg_step` does the
+update of ``update="pg", optimizer="sgd"`` for k runs together: every tensor call is made
+once for all k runs, and run j's numbers do not depend on the other runs.
+
+For run j with parameters theta_j (layer l: ``weights_t[l][j]`` ``[in, out]``, the
+transposed ``nn.Linear`` weight, and ``biases[l][j]`` ``[1, out]``) and its batch's real
+steps m = 1..S_j packed into P_j rows:
+
+    L_j       = -(1/N_j) sum_m Psi_m log pi_j(a_m | s_m)          (the surrogate)
+    ghat_j    = -grad L_j                                          (one backward for all j)
+    theta_j' = theta_j - alpha_j * grad L_j  =  theta_j + alpha_j ghat_j
+
+and, over the S_j real states: the entropy mean_m H(pi_j(.|s_m)), the fraction of states
+with max_a pi_j(a|s_m) >= the run's threshold, KL(pi_j || pi_j') = mean_m sum_a
+pi_j (log pi_j - log pi_j'), ||ghat_j||_2 and ||theta_j' - theta_j||_2: exactly what
+:class:`pglab.gym.training.Learner` records for the same rule (the same formulas; the
+last bits differ from the Learner's route, which sums in another order).
+
+Batch-independent by construction
+---------------------------------
+Run j's numbers must be the same bits whether it is updated alone (k = 1) or with any
+other runs. Three rules make that hold (tested in ``tests/test_stacked.py``):
+
+* **Canonical shapes.** Run j's steps are padded to ``P_j = padded_steps(S_j)`` rows (a
+  fixed ladder of multiples of 64; padding rows have observation 0, weight 0 and count
+  for nothing). P_j depends only on the run's own batch, and only runs with equal P are
+  stacked, so every slice of every call has the same shape whatever k is.
+* **Slice-wise kernels.** Layers are ``torch.baddbmm`` (one matrix product per slice),
+  reductions run within a slice (``sum`` over a run's own rows), and the backward pass
+  of these is again per-slice ``bmm`` and ``sum``.
+* **Whole vectors for element-wise transcendentals** (tanh, exp, log): a run's block of
+  ``P x width`` values is a multiple of 64, so torch's vectorised loop covers every value
+  and no value falls in the scalar tail, whose last bits can differ. The step itself is
+  a multiplication and a subtraction (each correctly rounded; no fused multiply-add).
+
+Non-finite values are per run: a run whose loss or gradient is not finite keeps its
+parameters (``finite`` 0), one whose new parameters are not finite reports ``finite`` 0
+with the new parameters (as the Learner does), and neither disturbs the others.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "NUMBERS",
+    "ROW_LADDER",
+    "Layout",
+    "StackedBatch",
+    "all_finite",
+    "padded_steps",
+    "pg_step",
+]
+
+#: Canonical row counts: multiples of 64 spaced at most about 1.5x apart, then powers of 2.
+ROW_LADDER: tuple[int, ...] = (
+    64,
+    128,
+    192,
+    256,
+    384,
+    512,
+    768,
+    1024,
+    1536,
+    2048,
+    3072,
+    4096,
+    6144,
+    8192,
+)
+#: The columns of :func:`pg_step`'s numbers, in order.
+NUMBERS: tuple[str, ...] = (
+    "loss",
+    "grad_norm",
+    "entropy",
+    "frac_deterministic",
+    "kl",
+    "step_norm",
+    "finite",
+)
+
+
+def padded_steps(n_steps: int) -> int:
+    """P: the rows a batch of ``n_steps`` real steps occupies (the next rung of
+    :data:`ROW_LADDER`, beyond it the next multiple of its last rung)."""
+    for rung in ROW_LADDER:
+        if n_steps <= rung:
+            return rung
+    top = ROW_LADDER[-1]
+    return -(-n_steps // top) * top
+
+
+class Layout:
+    """Where each layer of an MLP policy sits in a run's flat parameter vector ``[n]``.
+
+    Layer l occupies ``in_l * out_l`` values for its transposed weight (row-major
+    ``[in, out]``) followed by ``out_l`` for its bias, layers in order; so ``flat [k, n]``
+    gives the views ``weights_t[l] [k, in, out]`` and ``biases[l] [k, 1, out]`` that
+    ``torch.baddbmm`` takes, and a whole update is a handful of calls on ``[k, n]``.
+    """
+
+    def __init__(self, widths: Sequence[int]) -> None:
+        self.widths = tuple(int(w) for w in widths)
+        self.slices: list[tuple[int, int, int, int]] = []  # (weight start, in, out, bias start)
+        offset = 0
+        for w_in, w_out in itertools.pairwise(self.widths):
+            self.slices.append((offset, w_in, w_out, offset + w_in * w_out))
+            offset += w_in * w_out + w_out
+        self.size = offset
+
+    def views(self, flat: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """``(weights_t, biases)`` views of ``flat [k, n]``."""
+        k = flat.shape[0]
+        weights = [flat[:, a : a + i * o].view(k, i, o) for a, i, o, _ in self.slices]
+        biases = [flat[:, b : b + o].view(k, 1, o) for _, _, o, b in self.slices]
+        return weights, biases
+
+
+@dataclass
+class StackedBatch:
+    """k runs' batches packed into equal shapes (P rows each; float tensors in the
+    parameters' dtype).
+
+    Attributes:
+        observations: ``[k, P, obs_dim]``, 0 on padding rows.
+        actions: ``[k, P]`` int64, 0 on padding rows.
+        weights: ``[k, P]`` Psi of each real step, 0 on padding rows.
+        real: ``[k, P]`` 1 on real steps, 0 on padding rows.
+        n_trajectories: ``[k]`` N_j, the surrogate's divisor.
+        step_size: ``[k]`` alpha_j.
+        threshold: ``[k]`` the near-deterministic threshold of each run.
+        poison: ``[k]`` bool, replace the run's gradient by NaN (``TrainConfig.inject_nan_at``).
+    """
+
+    observations: Tensor
+    actions: Tensor
+    weights: Tensor
+    real: Tensor
+    n_trajectories: Tensor
+    step_size: Tensor
+    threshold: Tensor
+    poison: Tensor
+
+
+def all_finite(rows: Tensor) -> Tensor:
+    """``[k]`` bool: whether every value of row j of ``rows [k, n]`` is finite. (0 x v is 0
+    for finite v and NaN for inf or NaN, so the row sum of ``0 x rows`` is 0 exactly when
+    all are finite: two calls, against five inside ``isfinite(rows).all(1)``.)"""
+    return (rows * 0).sum(1) == 0
+
+
+def _forward(
+    flat: Tensor, layout: Layout, x: Tensor, activation: Callable[[Tensor], Tensor]
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """``(log pi [k, P, A], layer inputs, hidden pre-activations)`` of
+    l = W_L g(... g(W_1 s + b_1) ...) + b_L, pi = softmax(l)."""
+    weights, biases = layout.views(flat)
+    inputs, pre = [], []
+    last = len(weights) - 1
+    for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+        inputs.append(x)
+        x = torch.baddbmm(b, x, w)
+        if i < last:
+            pre.append(x)
+            x = activation(x)
+    return torch.log_softmax(x, dim=-1), inputs, pre
+
+
+def _activation_backward(
+    grad: Tensor, pre: Tensor, out: Tensor, activation: Callable[[Tensor], Tensor]
+) -> Tensor:
+    """dL/d(pre-activation) from dL/d(activation output): tanh in one fused call
+    (grad (1 - out^2)), relu as a mask, any other activation through autograd."""
+    if activation is torch.tanh:
+        return torch.ops.aten.tanh_backward(grad, out)
+    if activation is torch.relu:
+        return torch.where(pre > 0, grad, 0.0)
+    with torch.enable_grad():
+        z = pre.detach().requires_grad_(True)
+        (result,) = torch.autograd.grad(activation(z), z, grad)
+    return result
+
+
+def pg_step(
+    flat: Tensor,
+    layout: Layout,
+    batch: StackedBatch,
+    activation: Callable[[Tensor], Tensor],
+) -> tuple[Tensor, Tensor]:
+    """The ``pg``/``sgd`` step of k runs: ``(new flat parameters [k, n], numbers [k, 7])``.
+
+    ``flat`` ``[k, n]`` (:class:`Layout`) is not modified. ``numbers`` (float64) has the
+    columns of :data:`NUMBERS`; ``kl`` and ``step_norm`` are NaN for a run whose update was
+    not applied, ``finite`` is 1.0 or 0.0 (loss, gradient and new parameters all finite).
+
+    The gradient is the surrogate's, by hand (one backward pass through the layers):
+    dL/dl_{m,a} = (Psi_m / N) (pi(a|s_m) - 1[a = a_m]); per layer dL/dW = input^T dL/dz,
+    dL/db = sum over rows of dL/dz, and dL/d(input) = dL/dz W^T through the activation.
+    """
+    real = batch.real
+    count = real.sum(1)
+    dtype = flat.dtype
+    with torch.no_grad():
+        log_pi, inputs, pre = _forward(flat, layout, batch.observations, activation)
+        pi = log_pi.exp()
+        chosen = torch.nn.functional.one_hot(batch.actions, log_pi.shape[-1]).to(dtype)
+        coef = batch.weights / batch.n_trajectories.view(-1, 1)  # Psi_m / N
+        loss = -(coef * (log_pi * chosen).sum(-1)).sum(1)  # [k]
+        grad_z = (pi - chosen) * coef.unsqueeze(-1)  # dL/dlogits [k, P, A]
+        weights, _ = layout.views(flat)
+        parts: list[Tensor] = []
+        for i in range(len(weights) - 1, -1, -1):
+            parts.append(grad_z.sum(1))  # dL/db_i [k, out]
+            parts.append(torch.bmm(inputs[i].transpose(1, 2), grad_z).flatten(1))  # dL/dW_i^T
+            if i > 0:
+                grad_h = torch.bmm(grad_z, weights[i].transpose(1, 2))
+                grad_z = _activation_backward(grad_h, pre[i - 1], inputs[i], activation)
+        grad = torch.cat(parts[::-1], dim=1)  # [k, n] in the layout's order
+        grad = torch.where(batch.poison.view(-1, 1), torch.nan, grad)
+        finite = torch.isfinite(loss) & all_finite(grad)
+        grad_norm = torch.linalg.vector_norm(grad, dim=1)
+
+        # theta' = theta - alpha * grad L, only where the loss and gradient are finite
+        apply = finite.view(-1, 1)
+        new = torch.where(apply, flat - batch.step_size.view(-1, 1) * grad, flat)
+        step_norm = torch.where(finite, torch.linalg.vector_norm(new - flat, dim=1), torch.nan)
+        finite &= all_finite(new)
+
+        entropy = (torch.special.entr(pi).sum(-1) * real).sum(1) / count
+        near = (pi.max(-1).values >= batch.threshold.view(-1, 1)).to(dtype)
+        frac_det = (near * real).sum(1) / count
+
+        log_pi_new, _, _ = _forward(new, layout, batch.observations, activation)
+        terms = torch.where(pi > 0, pi * (log_pi - log_pi_new), 0.0).sum(-1)
+        kl = torch.where(finite, (terms * real).sum(1) / count, torch.nan)
+
+        numbers = torch.stack(
+            [loss, grad_norm, entropy, frac_det, kl, step_norm, finite.to(dtype)], dim=1
+        ).double()
+    return new, numbers
