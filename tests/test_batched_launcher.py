@@ -212,3 +212,20 @@ def test_interrupted_batch_keeps_finished_jobs_and_resumes_the_rest(tmp_path):
 def _status(job: Path) -> str | None:
     meta = storage.read_metadata(job)
     return meta and meta.get("status")
+
+
+def test_a_bad_slurm_shard_count_is_refused_before_anything_is_submitted(tmp_path):
+    # the launcher is built before any job is composed or submitted: no SLURM needed here
+    proc = run_app(
+        "cartpole.py",
+        "-m",
+        "seed=0",
+        "hydra/launcher=batched_slurm",
+        "hydra.launcher.shards=0",
+        f"paths.output_dir={tmp_path}",
+        "logger=none",
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "hydra.launcher.shards must be a positive int, got 0" in proc.stderr
+    assert not list(tmp_path.rglob(".submitit"))

@@ -18,6 +18,10 @@ An app that can batch exposes ``BATCH = BatchPlan(...)`` beside its ``main``
    the rest of its batch still trains; an interruption (Ctrl-C) records every job still
    open as failed (finished W&B runs included) and goes on up.
 
+``hydra/launcher=batched_slurm`` runs the same passes on a SLURM cluster: the jobs still to
+do are dealt round-robin into ``shards`` SLURM jobs (one submitit array job,
+:class:`SlurmShards`), and each runs its share on its node as a local sweep would.
+
 Apps without a ``BATCH`` (the tabular apps, whose jobs cost milliseconds to seconds of
 maths against ~0.1 s of start-up each) run one job after another in each worker process,
 exactly as the basic launcher runs them. Everything a job leaves behind (directory,
@@ -181,8 +185,13 @@ def launch(
     initial_job_idx: int,
     max_batch: int,
     n_jobs: int | None = None,
+    slurm: SlurmShards | None = None,
 ) -> list[JobReturn]:
     """Run every job of ``job_overrides`` (see the module docstring); one return per job.
+
+    ``slurm``: deal the jobs to ``slurm.shards`` SLURM jobs instead (each a node process
+    running its share as here, with ``n_jobs`` workers; ``None`` there: its
+    ``cpus_per_task``), submitted with submitit and awaited.
 
     Finished jobs are skipped first (:func:`finished_before_composing`). The rest are dealt
     round-robin into ``n_jobs`` shards (``None``: one per CPU core, at most one per job),
@@ -202,6 +211,49 @@ def launch(
         idx = initial_job_idx + offset
         returns[offset] = _skip(job_dir, sweep_dir, idx, job_overrides[offset])
     todo = [(o, list(ov)) for o, ov in enumerate(job_overrides) if o not in done_before]
+    if slurm is not None and todo:
+        returns.update(
+            _run_on_slurm(
+                slurm,
+                hydra_context,
+                task_function,
+                plan,
+                config,
+                todo,
+                initial_job_idx,
+                max_batch,
+                n_jobs,
+            )
+        )
+    elif todo:
+        returns.update(
+            run_here(
+                hydra_context,
+                task_function,
+                plan,
+                config,
+                todo,
+                initial_job_idx,
+                max_batch,
+                n_jobs,
+            )
+        )
+    return [returns[offset] for offset in range(len(job_overrides))]
+
+
+def run_here(
+    hydra_context: Any,
+    task_function: Callable,
+    plan: BatchPlan | None,
+    config: DictConfig,
+    todo: list[tuple[int, list[str]]],
+    initial_job_idx: int,
+    max_batch: int,
+    n_jobs: int | None,
+) -> dict[int, JobReturn]:
+    """Run ``todo`` on this machine: dealt round-robin into ``n_jobs`` shards (``None``: one
+    per CPU core, at most one per job), each run by one process (joblib's loky workers;
+    ``1``: this process)."""
     workers = min(len(todo), n_jobs or os.cpu_count() or 1)
     how = (
         "in lock-step batches" if plan is not None else "one after another in each (no batch plan)"
@@ -233,9 +285,101 @@ def launch(
             )
             for w in range(workers)
         )
+    returns: dict[int, JobReturn] = {}
     for shard in shard_returns:
         returns.update(shard)
-    return [returns[offset] for offset in range(len(job_overrides))]
+    return returns
+
+
+@dataclass(frozen=True)
+class SlurmShards:
+    """``hydra/launcher=batched_slurm``: the sweep's jobs dealt round-robin into ``shards``
+    SLURM jobs (submitit), each training its share in lock-step batches on its node.
+
+    ``folder``: submitit's job folder (``%j`` is the SLURM job id); ``partition``,
+    ``timeout_min``, ``cpus_per_task``, ``mem_gb`` and ``additional_parameters`` (extra
+    ``#SBATCH`` keys) as for Hydra's ``submitit_slurm`` launcher.
+    """
+
+    shards: int
+    folder: str
+    partition: str | None = None
+    timeout_min: int = 60
+    cpus_per_task: int = 1
+    mem_gb: float = 4.0
+    additional_parameters: dict[str, Any] | None = None
+
+
+def _run_on_slurm(
+    slurm: SlurmShards,
+    hydra_context: Any,
+    task_function: Callable,
+    plan: BatchPlan | None,
+    config: DictConfig,
+    todo: list[tuple[int, list[str]]],
+    initial_job_idx: int,
+    max_batch: int,
+    n_jobs: int | None,
+) -> dict[int, JobReturn]:
+    """Submit one SLURM job per shard (round-robin, like the local workers) and wait for
+    them. A SLURM job that fails as a whole (timeout, node lost) fails its shard's jobs
+    with that reason; their directories stay unfinished, so a re-run does them again."""
+    import submitit
+
+    shards = min(len(todo), slurm.shards)
+    executor = submitit.AutoExecutor(folder=slurm.folder, cluster="slurm")
+    parameters: dict[str, Any] = dict(
+        timeout_min=slurm.timeout_min,
+        cpus_per_task=slurm.cpus_per_task,
+        mem_gb=slurm.mem_gb,
+        name=str(config.hydra.job.name),
+        slurm_additional_parameters=dict(slurm.additional_parameters or {}),
+    )
+    if slurm.partition:
+        parameters["slurm_partition"] = slurm.partition
+    executor.update_parameters(**parameters)
+    state = Singleton.get_state()
+    parts = [todo[s::shards] for s in range(shards)]
+    with executor.batch():
+        jobs = [
+            executor.submit(
+                _run_shard_on_node,
+                state,
+                hydra_context,
+                task_function,
+                plan,
+                config,
+                part,
+                initial_job_idx,
+                max_batch,
+                n_jobs or slurm.cpus_per_task,
+            )
+            for part in parts
+        ]
+    log.info(
+        "Submitted %d jobs as %d SLURM jobs (%s), each training its share in lock-step",
+        len(todo),
+        shards,
+        ", ".join(job.job_id for job in jobs),
+    )
+    returns: dict[int, JobReturn] = {}
+    for job, part in zip(jobs, parts, strict=True):
+        try:
+            returns.update(job.result())
+        except Exception as error:  # the whole SLURM job failed: each of its jobs says so
+            log.error("SLURM job %s failed: %s", job.job_id, error)
+            for offset, overrides in part:
+                ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
+                ret.return_value = error
+                returns[offset] = ret
+    return returns
+
+
+def _run_shard_on_node(state: Any, *args: Any) -> dict[int, JobReturn]:
+    """A SLURM job's work: its share of the sweep, run as on a local machine."""
+    setup_globals()
+    Singleton.set_state(state)
+    return run_here(*args)
 
 
 def _run_shard_in_worker(state: Any, *args: Any) -> dict[int, JobReturn]:

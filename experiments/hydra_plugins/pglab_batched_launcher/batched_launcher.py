@@ -1,4 +1,5 @@
-"""``hydra/launcher=batched``: a sweep's jobs in one process, CartPole runs in lock-step.
+"""``hydra/launcher=batched`` (and ``batched_slurm``): a sweep's jobs in few processes,
+CartPole runs in lock-step.
 
 Hydra loads launchers from the ``hydra_plugins`` namespace package only; this module is that
 registration (configured by ``conf/hydra/launcher/batched.yaml``). The work is done by
@@ -60,5 +61,65 @@ class BatchedLauncher(Launcher):
             initial_job_idx=initial_job_idx,
             max_batch=self.max_batch,
             n_jobs=self.n_jobs,
+            slurm=self.slurm_shards(batching),
         )
         return batching.launch(**kwargs)
+
+    def slurm_shards(self, batching: Any) -> Any:
+        """Where the shards run: ``None``, on this machine."""
+        return None
+
+
+def _positive(name: str, value: Any, kind: type = int) -> Any:
+    number = (int, float) if kind is float else (int,)
+    if isinstance(value, bool) or not isinstance(value, number) or value <= 0:
+        raise ValueError(f"hydra.launcher.{name} must be a positive {kind.__name__}, got {value!r}")
+    return value
+
+
+class BatchedSlurmLauncher(BatchedLauncher):
+    """``hydra/launcher=batched_slurm``: the sweep dealt into ``shards`` SLURM jobs, each
+    training its share in lock-step batches (as ``batched`` does on one machine).
+
+    Args:
+        max_batch: as for ``batched``.
+        n_jobs: worker processes inside each SLURM job; ``None``: its ``cpus_per_task``.
+        shards: SLURM jobs to deal the jobs into (round-robin; fewer when there are fewer
+            jobs to run).
+        submitit_folder: submitit's folder for scripts and logs (``%j``: the SLURM job id).
+        partition, timeout_min, cpus_per_task, mem_gb, additional_parameters: the SLURM
+            job's resources, as for Hydra's ``submitit_slurm`` launcher
+            (``additional_parameters``: extra ``#SBATCH`` keys).
+    """
+
+    def __init__(
+        self,
+        max_batch: int = 256,
+        n_jobs: int | None = None,
+        shards: int = 2,
+        submitit_folder: str = ".submitit/%j",
+        partition: str | None = None,
+        timeout_min: int = 60,
+        cpus_per_task: int = 1,
+        mem_gb: float = 4.0,
+        additional_parameters: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(max_batch=max_batch, n_jobs=n_jobs)
+        self.shards = _positive("shards", shards)
+        self.timeout_min = _positive("timeout_min", timeout_min)
+        self.cpus_per_task = _positive("cpus_per_task", cpus_per_task)
+        self.mem_gb = _positive("mem_gb", mem_gb, float)
+        self.submitit_folder = str(submitit_folder)
+        self.partition = None if partition is None else str(partition)
+        self.additional_parameters = dict(additional_parameters or {})
+
+    def slurm_shards(self, batching: Any) -> Any:
+        return batching.SlurmShards(
+            shards=self.shards,
+            folder=self.submitit_folder,
+            partition=self.partition,
+            timeout_min=self.timeout_min,
+            cpus_per_task=self.cpus_per_task,
+            mem_gb=float(self.mem_gb),
+            additional_parameters=self.additional_parameters,
+        )
