@@ -97,6 +97,18 @@ class _Pending:
     closed: bool = False  # its results (or its failure) are written
 
 
+@dataclass(frozen=True)
+class Sweep:
+    """What every shard of one sweep needs; pickled to worker processes and SLURM jobs."""
+
+    hydra_context: Any
+    task_function: Callable
+    plan: BatchPlan | None
+    config: DictConfig  # the sweep's config (hydra node included)
+    initial_job_idx: int
+    max_batch: int
+
+
 def plan_of(task_function: Callable) -> BatchPlan | None:
     """The ``BATCH`` plan of the module that defines ``task_function``, if it has one."""
     plan = getattr(task_function, "__globals__", {}).get("BATCH")
@@ -211,52 +223,25 @@ def launch(
         idx = initial_job_idx + offset
         returns[offset] = _skip(job_dir, sweep_dir, idx, job_overrides[offset])
     todo = [(o, list(ov)) for o, ov in enumerate(job_overrides) if o not in done_before]
+    sweep = Sweep(hydra_context, task_function, plan, config, initial_job_idx, max_batch)
     if slurm is not None and todo:
-        returns.update(
-            _run_on_slurm(
-                slurm,
-                hydra_context,
-                task_function,
-                plan,
-                config,
-                todo,
-                initial_job_idx,
-                max_batch,
-                n_jobs,
-            )
-        )
+        returns.update(_run_on_slurm(slurm, sweep, todo, n_jobs))
     elif todo:
-        returns.update(
-            run_here(
-                hydra_context,
-                task_function,
-                plan,
-                config,
-                todo,
-                initial_job_idx,
-                max_batch,
-                n_jobs,
-            )
-        )
+        returns.update(run_here(sweep, todo, n_jobs))
     return [returns[offset] for offset in range(len(job_overrides))]
 
 
 def run_here(
-    hydra_context: Any,
-    task_function: Callable,
-    plan: BatchPlan | None,
-    config: DictConfig,
-    todo: list[tuple[int, list[str]]],
-    initial_job_idx: int,
-    max_batch: int,
-    n_jobs: int | None,
+    sweep: Sweep, todo: list[tuple[int, list[str]]], n_jobs: int | None
 ) -> dict[int, JobReturn]:
     """Run ``todo`` on this machine: dealt round-robin into ``n_jobs`` shards (``None``: one
     per CPU core, at most one per job), each run by one process (joblib's loky workers;
     ``1``: this process)."""
     workers = min(len(todo), n_jobs or os.cpu_count() or 1)
     how = (
-        "in lock-step batches" if plan is not None else "one after another in each (no batch plan)"
+        "in lock-step batches"
+        if sweep.plan is not None
+        else "one after another in each (no batch plan)"
     )
     log.info(
         "Launching %d jobs in %s, %s",
@@ -265,24 +250,13 @@ def run_here(
         how,
     )
     if workers <= 1:
-        shard_returns = [
-            run_shard(hydra_context, task_function, plan, config, todo, initial_job_idx, max_batch)
-        ]
+        shard_returns = [run_shard(sweep, todo)]
     else:
         from joblib import Parallel, delayed
 
         state = Singleton.get_state()
         shard_returns = Parallel(n_jobs=workers, backend="loky")(
-            delayed(_run_shard_in_worker)(
-                state,
-                hydra_context,
-                task_function,
-                plan,
-                config,
-                todo[w::workers],
-                initial_job_idx,
-                max_batch,
-            )
+            delayed(_in_new_process)(state, run_shard, sweep, todo[w::workers])
             for w in range(workers)
         )
     returns: dict[int, JobReturn] = {}
@@ -311,15 +285,7 @@ class SlurmShards:
 
 
 def _run_on_slurm(
-    slurm: SlurmShards,
-    hydra_context: Any,
-    task_function: Callable,
-    plan: BatchPlan | None,
-    config: DictConfig,
-    todo: list[tuple[int, list[str]]],
-    initial_job_idx: int,
-    max_batch: int,
-    n_jobs: int | None,
+    slurm: SlurmShards, sweep: Sweep, todo: list[tuple[int, list[str]]], n_jobs: int | None
 ) -> dict[int, JobReturn]:
     """Submit one SLURM job per shard (round-robin, like the local workers) and wait for
     them. A SLURM job that fails as a whole (timeout, node lost) fails its shard's jobs
@@ -332,7 +298,7 @@ def _run_on_slurm(
         timeout_min=slurm.timeout_min,
         cpus_per_task=slurm.cpus_per_task,
         mem_gb=slurm.mem_gb,
-        name=str(config.hydra.job.name),
+        name=str(sweep.config.hydra.job.name),
         slurm_additional_parameters=dict(slurm.additional_parameters or {}),
     )
     if slurm.partition:
@@ -343,16 +309,7 @@ def _run_on_slurm(
     with executor.batch():
         jobs = [
             executor.submit(
-                _run_shard_on_node,
-                state,
-                hydra_context,
-                task_function,
-                plan,
-                config,
-                part,
-                initial_job_idx,
-                max_batch,
-                n_jobs or slurm.cpus_per_task,
+                _in_new_process, state, run_here, sweep, part, n_jobs or slurm.cpus_per_task
             )
             for part in parts
         ]
@@ -375,29 +332,23 @@ def _run_on_slurm(
     return returns
 
 
-def _run_shard_on_node(state: Any, *args: Any) -> dict[int, JobReturn]:
-    """A SLURM job's work: its share of the sweep, run as on a local machine."""
+def _in_new_process(state: Any, work: Callable, *args: Any) -> dict[int, JobReturn]:
+    """``work(*args)`` in a worker process or SLURM job, with Hydra's globals set up as in
+    the launching process (``state``: its ``Singleton`` state)."""
     setup_globals()
     Singleton.set_state(state)
-    return run_here(*args)
+    return work(*args)
 
 
-def _run_shard_in_worker(state: Any, *args: Any) -> dict[int, JobReturn]:
-    setup_globals()
-    Singleton.set_state(state)
-    return run_shard(*args)
-
-
-def run_shard(
-    hydra_context: Any,
-    task_function: Callable,
-    plan: BatchPlan | None,
-    config: DictConfig,
-    jobs: list[tuple[int, list[str]]],
-    initial_job_idx: int,
-    max_batch: int,
-) -> dict[int, JobReturn]:
+def run_shard(sweep: Sweep, jobs: list[tuple[int, list[str]]]) -> dict[int, JobReturn]:
     """Open, train and close the ``jobs`` ``(offset, overrides)`` in this process."""
+    hydra_context, task_function, plan, config = (
+        sweep.hydra_context,
+        sweep.task_function,
+        sweep.plan,
+        sweep.config,
+    )
+    initial_job_idx, max_batch = sweep.initial_job_idx, sweep.max_batch
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     returns: dict[int, JobReturn] = {}
     pending: list[_Pending] = []
