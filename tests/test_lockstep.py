@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -183,3 +185,38 @@ def test_stacked_updates_share_calls_and_when_they_happen_changes_no_number(monk
             assert max(sizes) > 1, (wait, share)
         for a, b, spec in zip(alone, together, specs, strict=True):
             assert _same(a, b), (spec, wait, share)
+
+
+def test_every_gym_estimator_discount_and_policy_shape_stacks_bit_identically():
+    # Runs that differ in estimator, gamma, N, step size, policy shape (linear, 64-64) and
+    # dtype share stacked updates (weights computed in shared estimator calls) and still
+    # equal their lone runs bit for bit.
+    from pglab.estimators import ESTIMATORS
+    from pglab.gym.training import TABULAR_ONLY_ESTIMATORS
+
+    def run(i, estimator, policy_kind="mlp", dtype=torch.float32):
+        config = TrainConfig(
+            n_trajectories=1 + i % 3,
+            step_size=1e-3 * (1 + i % 2),
+            seed=i,
+            estimator=estimator,
+            gamma=0.99 if i % 2 else 1.0,
+            max_iterations=None,
+            max_env_steps=600,
+            variance_every=3,
+        )
+        policy = make_policy(policy_kind, 4, 2, hidden_sizes=(16, 16), seed=i, dtype=dtype)
+        return LockstepRun(config, policy)
+
+    names = [e for e in ESTIMATORS if e not in TABULAR_ONLY_ESTIMATORS]
+    specs = [(i, name) for i, name in enumerate(names)] + [(len(names), "reinforce")]
+    alone = [train_lockstep([run(i, name)])[0] for i, name in specs]
+    together = train_lockstep([run(i, name) for i, name in specs])
+    for a, b, spec in zip(alone, together, specs, strict=True):
+        assert _same(a, b), spec
+        assert len(a.history) >= 3 and all(math.isfinite(r["loss"]) for r in a.history)
+    # a linear policy and a float64 policy form their own groups; each alone == together
+    for kind, dtype in (("linear", torch.float32), ("mlp", torch.float64)):
+        solo = [train_lockstep([run(i, "reward_to_go", kind, dtype)])[0] for i in range(3)]
+        group = train_lockstep([run(i, "reward_to_go", kind, dtype) for i in range(3)])
+        assert all(_same(a, b) for a, b in zip(solo, group, strict=True)), (kind, dtype)
