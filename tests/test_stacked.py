@@ -176,7 +176,7 @@ def test_a_poisoned_or_exploding_run_leaves_the_others_alone():
 
 def test_padded_steps_follow_the_ladder():
     assert stacked.padded_steps(1) == 64 and stacked.padded_steps(64) == 64
-    assert stacked.padded_steps(65) == 128 and stacked.padded_steps(8192) == 8192
-    assert stacked.padded_steps(8193) == 16384
+    assert stacked.padded_steps(65) == 128 and stacked.padded_steps(2048) == 2048
+    assert stacked.padded_steps(2049) == 2560 and stacked.padded_steps(25000) == 25088
     assert all(p % 64 == 0 for p in stacked.ROW_LADDER)
     assert all(b / a <= 2 for a, b in zip(stacked.ROW_LADDER, stacked.ROW_LADDER[1:], strict=False))

@@ -55,6 +55,7 @@ from torch import Tensor
 __all__ = [
     "NUMBERS",
     "ROW_LADDER",
+    "ROW_STEP",
     "Layout",
     "StackedBatch",
     "all_finite",
@@ -62,23 +63,13 @@ __all__ = [
     "pg_step",
 ]
 
-#: Canonical row counts: multiples of 64 spaced at most about 1.5x apart, then powers of 2.
-ROW_LADDER: tuple[int, ...] = (
-    64,
-    128,
-    192,
-    256,
-    384,
-    512,
-    768,
-    1024,
-    1536,
-    2048,
-    3072,
-    4096,
-    6144,
-    8192,
-)
+#: Canonical row counts up to 2048: multiples of 64 spaced at most 2x apart (small calls
+#: cost little more per row, and fewer rungs let more runs share a call). Above 2048 calls
+#: hold few runs anyway (``MAX_STACKED_ROWS``), and their cost is arithmetic, so
+#: :func:`padded_steps` rounds up to a multiple of :data:`ROW_STEP` (<= 25 % padding).
+ROW_LADDER: tuple[int, ...] = (64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+#: Above the ladder, padded row counts are multiples of this.
+ROW_STEP = 512
 #: The columns of :func:`pg_step`'s numbers, in order.
 NUMBERS: tuple[str, ...] = (
     "loss",
@@ -93,12 +84,11 @@ NUMBERS: tuple[str, ...] = (
 
 def padded_steps(n_steps: int) -> int:
     """P: the rows a batch of ``n_steps`` real steps occupies (the next rung of
-    :data:`ROW_LADDER`, beyond it the next multiple of its last rung)."""
+    :data:`ROW_LADDER`, beyond it the next multiple of :data:`ROW_STEP`)."""
     for rung in ROW_LADDER:
         if n_steps <= rung:
             return rung
-    top = ROW_LADDER[-1]
-    return -(-n_steps // top) * top
+    return -(-n_steps // ROW_STEP) * ROW_STEP
 
 
 class Layout:
