@@ -8,12 +8,15 @@ with the one-by-one :func:`pglab.tabular.ascent.tabular_ascent` to float64 round
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
+from conftest import run_app
 
 from pglab.collapse import CollapseDetector
-from pglab.tabular import zoo
+from pglab.tabular import batched_ascent, zoo
 from pglab.tabular.ascent import tabular_ascent, tabular_collapse_config
 from pglab.tabular.batched_ascent import (
     PAD,
@@ -99,6 +102,19 @@ def test_a_run_is_bit_identical_alone_and_in_batches_of_any_size_and_order(name)
     if name in ("chain", "short_corridor"):  # the 1e308 step overflows
         assert statuses[2] == "diverged" and len(alone[2][0]) == 1
     assert statuses.count("complete") >= n - 1
+
+
+def test_a_batch_too_large_for_one_stack_runs_in_chunks_with_the_same_numbers(monkeypatch):
+    mdp = MDPS["garnet_7x3"]()
+    alone = [
+        _bits(outcome) for outcome in (batched_tabular_ascent(mdp, [r])[0] for r in _runs(mdp))
+    ]
+    block = mdp.horizon * mdp.n_states * mdp.n_actions
+    monkeypatch.setattr(batched_ascent, "MAX_ELEMENTS", 2 * block)  # chunks of 2 runs
+    ended: list[int] = []
+    outcomes = batched_tabular_ascent(mdp, _runs(mdp), on_result=lambda r, o: ended.append(r))
+    assert [_bits(outcome) for outcome in outcomes] == alone
+    assert sorted(ended[:2]) == [0, 1] and sorted(ended[2:4]) == [2, 3] and ended[4] == 4
 
 
 def test_a_diverging_run_ends_alone_with_its_row_and_the_others_go_on():
@@ -207,3 +223,39 @@ def test_entropy_blocks_are_padded_so_a_value_keeps_its_lane():
     for r in range(7):
         assert torch.equal(_padded_xlogy(pi[r : r + 1])[0], full[r])
     assert PAD % 16 == 0
+
+
+def _jobs(sweep: Path) -> dict[str, Path]:
+    return {p.parent.name: p.parent for p in sweep.rglob("metadata.json")}
+
+
+def test_a_sweep_under_the_batched_launcher_equals_the_basic_one_bit_for_bit(tmp_path):
+    grid = (
+        "gradient=exact,reinforce",  # reinforce jobs run alone (tabular_ascent)
+        "step_size=1,10",
+        "policy.kind=random",
+        "policy.seed=0,1",
+        "n_iterations=6",
+        "n_trajectories=2",
+        "logger=none",
+        "progress=false",
+    )
+    for launcher in ("basic", "batched"):
+        proc = run_app(
+            "tabular_ascent.py",
+            "-m",
+            *grid,
+            f"hydra/launcher={launcher}",
+            *(["hydra.launcher.n_jobs=1"] if launcher == "batched" else []),
+            f"paths.output_dir={tmp_path / launcher}",
+        )
+    assert "batch 1/1: 4 runs in lock-step" in proc.stderr + proc.stdout
+    basic = _jobs(tmp_path / "basic" / "multirun")
+    batched = _jobs(tmp_path / "batched" / "multirun")
+    assert len(basic) == len(batched) == 8
+    for name, job in basic.items():
+        for table in ("history", "summary"):
+            want = pd.read_parquet(job / f"{table}.parquet")
+            got = pd.read_parquet(batched[name] / f"{table}.parquet")
+            assert list(got.columns) == list(want.columns), (name, table)
+            assert got.equals(want), (name, table)

@@ -61,6 +61,7 @@ from pglab.tabular.policy import check_logits
 from pglab.threads import thread_invariant
 
 __all__ = [
+    "MAX_ELEMENTS",
     "PAD",
     "AscentRun",
     "BatchedDynamics",
@@ -71,6 +72,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Most elements of one stacked ``[R, T, S, A]`` tensor (32 MiB): a larger batch is
+#: advanced in chunks of runs, one after another (a run's numbers do not change).
+MAX_ELEMENTS = 1 << 22
 
 #: Each run's block of an element-wise transcendental op is padded to a multiple of this
 #: many elements (AVX-512 float64 loops step by 8 or 16; 64 leaves room).
@@ -264,7 +269,9 @@ def batched_tabular_ascent(
     gradient or new parameters: its last row has ``diverged`` True, status
     ``"diverged"``), or when its callback raises (that exception is its result);
     ``on_result(r, outcome)`` is called as soon as run r has ended (an exception it raises
-    is logged, the batch goes on). ``KeyboardInterrupt`` stops everything.
+    is logged, the batch goes on). ``KeyboardInterrupt`` stops everything. Runs whose
+    stacked ``[R, T, S, A]`` would exceed :data:`MAX_ELEMENTS` go in chunks of runs, one
+    chunk after another (bounded memory; the numbers are the same).
 
     Raises:
         ValueError: before any work, for a bad run (naming ``runs[r].<field>``).
@@ -275,6 +282,7 @@ def batched_tabular_ascent(
         return []
     phi = mdp.features
     phi_flat = None if phi is None else phi.reshape(mdp.n_states * mdp.n_actions, -1)
+    phi_t = None if phi_flat is None else phi_flat.T.contiguous()  # [d, S*A]
 
     optimal_values, _ = exact._optimal_solution(mdp)
     j_star = float(mdp.initial @ optimal_values[0])
@@ -289,15 +297,12 @@ def batched_tabular_ascent(
         detector.reset()
     optimal = _optimal_action_mask(mdp, optimal_values, 1e-9).to(torch.float64)  # [T, S, A]
     live = (~mdp.terminal).to(torch.float64)  # [S]
-    n_live = float(live.sum())
+    live_count = live.sum()
+    n_live = float(live_count)
     dynamics = BatchedDynamics(mdp)
 
     outcomes: list[TrainResult | BaseException | None] = [None] * len(runs)
     histories: list[list[dict[str, Any]]] = [[] for _ in runs]
-    active = list(range(len(runs)))  # batch row i is run active[i]
-    theta = torch.stack(thetas).contiguous()  # [R, S, A] or [R, d]
-    alphas = torch.tensor([float(run.step_size) for run in runs], dtype=torch.float64)
-    alpha = alphas.view(-1, *([1] * (theta.dim() - 1)))
 
     def logits_of(params: torch.Tensor) -> torch.Tensor:
         if phi_flat is None:
@@ -326,85 +331,92 @@ def batched_tabular_ascent(
             except Exception as error:  # the caller's bookkeeping must not stop the batch
                 log.warning("on_result for run %d failed: %s", r, error)
 
-    k = 0
-    while active:
-        logits = logits_of(theta)
-        solution = _batched_solve(mdp, logits, dynamics)
-        pi = solution.policy  # [R, S, A]
-        weight = solution.occupancy * live  # [R, T, S]: d_t(s) on real decisions
-        total = weight.sum((1, 2))  # [R]
-        h = -_padded_xlogy(pi).sum(-1)  # [R, S] entropy per state
-        ent = (weight * h[:, None, :]).sum((1, 2)) / total
-        ent_states = (h * live).sum(-1) / live.sum()
-        p_opt = (weight * (optimal * pi[:, None]).sum(-1)).sum((1, 2)) / total
-        g = solution.gradient  # [R, S, A]
-        if phi_flat is not None:  # chain rule through logits = phi theta: [R, d]
-            flat = g.reshape(g.shape[0], -1)  # [R, S*A]
-            g = (flat[:, None, :] * phi_flat.T.contiguous()).sum(-1)
-        finite_g = _per_run_all_finite(g)
-        new_theta = theta + alpha * g  # theta_{k+1} = theta_k + alpha ghat_k
-        finite = finite_g & _per_run_all_finite(new_theta)
-        new_logits = logits_of(new_theta)
-        kl = _batched_mean_kl(mdp, solution, logits, new_logits)
-        step_norm = _run_norms(new_theta - theta)
-        grad_norm = _run_norms(g)
+    # Runs of one chunk share the stacked tensors ([R, T, S, A] at most MAX_ELEMENTS).
+    chunk = max(1, MAX_ELEMENTS // (mdp.horizon * mdp.n_states * mdp.n_actions))
+    for first in range(0, len(runs), chunk):
+        active = list(range(first, min(len(runs), first + chunk)))  # row i is run active[i]
+        theta = torch.stack([thetas[r] for r in active]).contiguous()  # [R, S, A] or [R, d]
+        alpha = torch.tensor([float(runs[r].step_size) for r in active], dtype=torch.float64)
+        alpha = alpha.view(-1, *([1] * (theta.dim() - 1)))
+        k = 0
+        while active:
+            logits = logits_of(theta)
+            solution = _batched_solve(mdp, logits, dynamics)
+            pi = solution.policy  # [R, S, A]
+            weight = solution.occupancy * live  # [R, T, S]: d_t(s) on real decisions
+            total = weight.sum((1, 2))  # [R]
+            h = -_padded_xlogy(pi).sum(-1)  # [R, S] entropy per state
+            ent = (weight * h[:, None, :]).sum((1, 2)) / total
+            ent_states = (h * live).sum(-1) / live_count
+            p_opt = (weight * (optimal * pi[:, None]).sum(-1)).sum((1, 2)) / total
+            g = solution.gradient  # [R, S, A]
+            if phi_t is not None:  # chain rule through logits = phi theta: [R, d]
+                flat = g.reshape(g.shape[0], -1)  # [R, S*A]
+                g = (flat[:, None, :] * phi_t).sum(-1)
+            finite_g = _per_run_all_finite(g)
+            new_theta = theta + alpha * g  # theta_{k+1} = theta_k + alpha ghat_k
+            finite = finite_g & _per_run_all_finite(new_theta)
+            new_logits = logits_of(new_theta)
+            kl = _batched_mean_kl(mdp, solution, logits, new_logits)
+            step_norm = _run_norms(new_theta - theta)
+            grad_norm = _run_norms(g)
 
-        rows = zip(
-            active,
-            solution.expected_return.tolist(),
-            ent.tolist(),
-            ent_states.tolist(),
-            p_opt.tolist(),
-            grad_norm.tolist(),
-            finite.tolist(),
-            kl.tolist(),
-            step_norm.tolist(),
-            total.tolist(),
-            strict=True,
-        )
-        keep: list[int] = []
-        for i, (r, j, e, e_states, p, norm, ok, d_kl, d_theta, mass) in enumerate(rows):
-            collapse = detectors[r].update(k, j, e if mass > 0 else math.nan, ok, n_episodes=1)
-            metrics = {
-                "iteration": k,
-                "expected_return": j,
-                "optimal_return": j_star,
-                "suboptimality": j_star - j,
-                "stationary_return": j_stationary,
-                "suboptimality_stationary": j_stationary - j,
-                "entropy": e if mass > 0 else math.nan,
-                "entropy_states": e_states if n_live > 0 else math.nan,
-                "p_optimal": p if mass > 0 else math.nan,
-                "grad_norm": norm,
-                "exact_grad_norm": norm,
-                "kl": d_kl if ok else math.nan,
-                "step_norm": d_theta if ok else math.nan,
-                "backtracks": math.nan,
-                "accepted": math.nan,
-                "collapsed": collapse.collapsed,
-                "diverged": not ok,
-            }
-            histories[r].append(metrics)
-            callback = runs[r].callback
-            if callback is not None:
-                try:
-                    callback(metrics)
-                except Exception as error:  # this run leaves the batch, the others go on
-                    end(r, "failed", error)
-                    continue
-            if not ok:
-                end(r, "diverged", theta[i])
-            elif k + 1 >= runs[r].n_iterations:
-                end(r, "complete", new_theta[i])
-            else:
-                keep.append(i)
-        if len(keep) < len(active):
-            index = torch.tensor(keep, dtype=torch.long)
-            new_theta = new_theta.index_select(0, index)
-            alpha = alpha.index_select(0, index)
-            active = [active[i] for i in keep]
-        theta = new_theta.contiguous()
-        k += 1
+            rows = zip(
+                active,
+                solution.expected_return.tolist(),
+                ent.tolist(),
+                ent_states.tolist(),
+                p_opt.tolist(),
+                grad_norm.tolist(),
+                finite.tolist(),
+                kl.tolist(),
+                step_norm.tolist(),
+                total.tolist(),
+                strict=True,
+            )
+            keep: list[int] = []
+            for i, (r, j, e, e_states, p, norm, ok, d_kl, d_theta, mass) in enumerate(rows):
+                collapse = detectors[r].update(k, j, e if mass > 0 else math.nan, ok, n_episodes=1)
+                metrics = {
+                    "iteration": k,
+                    "expected_return": j,
+                    "optimal_return": j_star,
+                    "suboptimality": j_star - j,
+                    "stationary_return": j_stationary,
+                    "suboptimality_stationary": j_stationary - j,
+                    "entropy": e if mass > 0 else math.nan,
+                    "entropy_states": e_states if n_live > 0 else math.nan,
+                    "p_optimal": p if mass > 0 else math.nan,
+                    "grad_norm": norm,
+                    "exact_grad_norm": norm,
+                    "kl": d_kl if ok else math.nan,
+                    "step_norm": d_theta if ok else math.nan,
+                    "backtracks": math.nan,
+                    "accepted": math.nan,
+                    "collapsed": collapse.collapsed,
+                    "diverged": not ok,
+                }
+                histories[r].append(metrics)
+                callback = runs[r].callback
+                if callback is not None:
+                    try:
+                        callback(metrics)
+                    except Exception as error:  # this run leaves the batch, the others go on
+                        end(r, "failed", error)
+                        continue
+                if not ok:
+                    end(r, "diverged", theta[i])
+                elif k + 1 >= runs[r].n_iterations:
+                    end(r, "complete", new_theta[i])
+                else:
+                    keep.append(i)
+            if len(keep) < len(active):
+                index = torch.tensor(keep, dtype=torch.long)
+                new_theta = new_theta.index_select(0, index)
+                alpha = alpha.index_select(0, index)
+                active = [active[i] for i in keep]
+            theta = new_theta.contiguous()
+            k += 1
     return [outcome for outcome in outcomes if outcome is not None]
 
 
