@@ -36,6 +36,7 @@ MDPS = {
     "gridworld": lambda: zoo.make("gridworld"),
     "frozenlake": lambda: zoo.make("frozenlake"),
     "garnet_7x3": lambda: zoo.garnet(n_states=7, n_actions=3, horizon=15, seed=4),
+    "chain_discounted": lambda: zoo.make("chain", gamma=0.9),  # gamma != 1
     "short_corridor": lambda: zoo.make("short_corridor"),
 }
 
@@ -169,10 +170,10 @@ def test_a_bad_run_is_refused_before_any_work_naming_it(field, run, message):
         batched_tabular_ascent(mdp, [good, run])
 
 
-@pytest.mark.parametrize("name", ("chain", "gridworld", "frozenlake", "short_corridor"))
+@pytest.mark.parametrize("name", list(MDPS))
 @pytest.mark.parametrize("alpha", (1.0, 10.0))
 def test_agrees_with_tabular_ascent_to_float64_rounding(name, alpha):
-    mdp = zoo.make(name)
+    mdp = MDPS[name]()
     theta0 = _theta0(mdp, "random", 3)
     old = tabular_ascent(mdp, theta0, alpha, 40)
     new = exact_pg_ascent(mdp, theta0, alpha, 40)
