@@ -42,6 +42,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_job_overhead.py
 	$(BIN)/python benchmarks/bench_update_rules.py
 	$(BIN)/python benchmarks/bench_lockstep.py
+	$(BIN)/python benchmarks/bench_tabular_batched.py
 	$(BIN)/python benchmarks/bench_batched_launcher.py
 
 report: venv

@@ -121,10 +121,13 @@ def test_a_diverging_job_ends_alone_and_the_batch_finishes(tmp_path):
 
 def test_apps_without_a_batch_plan_run_one_by_one_in_process(tmp_path):
     proc = run_app(
-        "tabular_ascent.py",
+        "estimator_variance.py",
         "-m",
         "seed=0,1",
-        "n_iterations=5",
+        "mdp=two_state",
+        "n_trajectories=[3]",
+        "n_repetitions=5",
+        "n_resamples=50",
         "hydra/launcher=batched",
         f"paths.output_dir={tmp_path}",
         "logger=none",

@@ -22,9 +22,10 @@ An app that can batch exposes ``BATCH = BatchPlan(...)`` beside its ``main``
 do are dealt round-robin into ``shards`` SLURM jobs (one submitit array job,
 :class:`SlurmShards`), and each runs its share on its node as a local sweep would.
 
-Apps without a ``BATCH`` (the tabular apps, whose jobs cost milliseconds to seconds of
-maths against ~0.1 s of start-up each) run one job after another in each worker process,
-exactly as the basic launcher runs them. Everything a job leaves behind (directory,
+Jobs without a group (``prepared.group`` ``None``: CartPole runs of other envs, tabular
+ascents other than ``gradient=exact update=pg``) and apps without a ``BATCH`` (the estimator
+study) run one job after another in each worker process, exactly as the basic launcher
+runs them. Everything a job leaves behind (directory,
 files, metadata, W&B run, status, resume by config hash, the end-of-sweep summary) is the
 same as under any other launcher; only the wall time differs.
 """
