@@ -97,3 +97,60 @@ def test_batched_sweep_on_slurm_runs_its_shards_as_slurm_jobs_with_the_same_numb
         assert storage.is_finished(job) and storage.read_metadata(job)["hostname"]
     again = run_app("cartpole.py", *args, timeout=300)
     assert "4 skipped" in again.stdout, again.stdout
+
+
+def test_a_batched_slurm_shard_that_dies_fails_its_jobs_and_a_rerun_does_them(tmp_path):
+    # Two jobs in two shards; the second shard's SLURM job is cancelled while it trains
+    # (scancel, as a timeout or a lost node would end it). Its job ends failed, the other
+    # shard's job lands, the sweep exits non-zero, and the same command then does only
+    # the missing job.
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    args = (
+        "-m",
+        "hydra/launcher=batched_slurm",
+        f"hydra.launcher.partition={PARTITION}",
+        "hydra.launcher.timeout_min=10",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=2",
+        "hydra.launcher.shards=2",
+        f"paths.output_dir={tmp_path}",
+        "sweep_name=dies",
+        "n_trajectories=1,2",
+        "budget.iterations=null",
+        "budget.env_steps=100000",
+        "progress=false",
+        "logger=none",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "experiments" / "cartpole.py"), *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    victim, deadline = None, time.monotonic() + 120
+    while victim is None and time.monotonic() < deadline and proc.poll() is None:
+        queue = subprocess.run(
+            ["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True
+        ).stdout.split("\n")
+        running = [line.split()[0] for line in queue if line.endswith(" RUNNING")]
+        victim = next((job for job in running if job.endswith("_1")), None)
+        time.sleep(0.2)
+    assert victim is not None, "the second shard never ran"
+    time.sleep(2.0)  # let it open its job and start training
+    subprocess.run(["scancel", victim], check=True)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0, out
+    assert "1 done" in out and "1 failed" in out, out + err[-3000:]
+    sweep = tmp_path / "multirun" / "cartpole" / "dies"
+    finished = [p.parent for p in sweep.rglob("metadata.json") if storage.is_finished(p.parent)]
+    assert len(finished) == 1
+    again = run_app("cartpole.py", *args, timeout=300)
+    assert "1 done" in again.stdout and "1 skipped" in again.stdout, again.stdout
+    finished = [p.parent for p in sweep.rglob("metadata.json") if storage.is_finished(p.parent)]
+    assert len(finished) == 2

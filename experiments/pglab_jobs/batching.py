@@ -61,6 +61,7 @@ from pglab_jobs.job import (
     OpenJob,
     close_job,
     job_dirs,
+    mark_failed,
     mark_skipped,
     open_job,
 )
@@ -143,6 +144,16 @@ def finished_before_composing(
     """
     if not config.get("resume", True):
         return {}
+    return _dirs_by_compose_key(config, job_overrides, storage.is_finished)
+
+
+def _dirs_by_compose_key(
+    config: DictConfig,
+    job_overrides: Sequence[Sequence[str]],
+    accept: Callable[[Path, dict[str, Any]], bool],
+) -> dict[int, Path]:
+    """The job directories (by position in ``job_overrides``) whose metadata records the
+    job's ``compose_key`` and passes ``accept(job_dir, metadata)``."""
     sources = config.hydra.runtime.config_sources
     name = config.hydra.job.config_name
     wanted: dict[str, list[int]] = {}
@@ -155,7 +166,7 @@ def finished_before_composing(
         meta = storage.read_metadata(job_dir)
         key = meta.get("compose_key") if meta else None
         positions = wanted.get(key, [])
-        if positions and positions[0] not in found and storage.is_finished(job_dir, meta):
+        if positions and positions[0] not in found and accept(job_dir, meta):
             found.update(dict.fromkeys(positions, job_dir))  # only wanted jobs are checked
     return found
 
@@ -324,12 +335,37 @@ def _run_on_slurm(
     for job, part in zip(jobs, parts, strict=True):
         try:
             returns.update(job.result())
-        except Exception as error:  # the whole SLURM job failed: each of its jobs says so
+        except Exception as error:  # the whole SLURM job died: each of its jobs says so
+            reason = f"its SLURM job {job.job_id} ended without a result ({type(error).__name__})"
             log.error("SLURM job %s failed: %s", job.job_id, error)
-            for offset, overrides in part:
-                ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
-                ret.return_value = error
-                returns[offset] = ret
+            returns.update(_failed_with_shard(sweep, part, reason))
+    return returns
+
+
+def _failed_with_shard(
+    sweep: Sweep, part: list[tuple[int, list[str]]], reason: str
+) -> dict[int, JobReturn]:
+    """The jobs of a shard whose process died. Those it had opened and not closed (their
+    metadata says "running") are recorded as failed with ``reason``; the others had
+    finished (and keep their results) or never started (the sweep counts them as
+    unfinished). A re-run does every one that did not finish."""
+    sweep_dir = Path(str(sweep.config.hydra.sweep.dir))
+    overrides_of = [overrides for _, overrides in part]
+    opened = _dirs_by_compose_key(
+        sweep.config, overrides_of, lambda _dir, meta: meta.get("status") == "running"
+    )
+    finished = _dirs_by_compose_key(sweep.config, overrides_of, storage.is_finished)
+    returns: dict[int, JobReturn] = {}
+    for position, (offset, overrides) in enumerate(part):
+        ret = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
+        if position in finished:
+            ret.return_value = "complete"
+        elif position in opened:
+            key = sweep_progress.job_key(opened[position], sweep.initial_job_idx + offset)
+            ret.return_value = mark_failed(opened[position], sweep_dir, key, reason)
+        else:
+            ret.return_value = "unfinished"
+        returns[offset] = ret
     return returns
 
 

@@ -304,6 +304,18 @@ def mark_skipped(run_dir: Path, sweep_dir: Path | None, key: str, **extra: Any) 
     return "skipped"
 
 
+def mark_failed(run_dir: Path, sweep_dir: Path | None, key: str, error_text: str) -> str:
+    """A job that was open when the process running it died (e.g. its SLURM job was
+    cancelled): its metadata and status file say "failed" with ``error_text``, the sweep
+    counts it; returns ``"failed"``. A re-run of the sweep does the job again."""
+    meta = storage.read_metadata(run_dir)
+    if meta is not None:
+        meta.update(status="failed", error=error_text, finished_at=_now())
+    _record_failure(run_dir, meta, error_text)
+    end_of_job(sweep_dir, key, "failed")
+    return "failed"
+
+
 def _job_failed(
     error: BaseException,
     experiment: str,
