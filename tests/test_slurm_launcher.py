@@ -6,10 +6,24 @@ without one these tests skip with the reason.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import pandas as pd
 import pytest
-from conftest import PARTITION, SLURM_SKIP_REASON, run_app
+from conftest import PARTITION, REPO, SLURM_SKIP_REASON, run_app
 from pglab_jobs import storage
+
+# hydra/launcher=batched_slurm on the test cluster: 2 shards of 1 CPU each.
+BATCHED_SLURM = (
+    "hydra/launcher=batched_slurm",
+    f"hydra.launcher.partition={PARTITION}",
+    "hydra.launcher.timeout_min=10",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=2",
+    "hydra.launcher.shards=2",
+)
 
 pytestmark = [
     pytest.mark.slurm,
@@ -65,12 +79,7 @@ def test_batched_sweep_on_slurm_runs_its_shards_as_slurm_jobs_with_the_same_numb
     )
     args = (
         "-m",
-        "hydra/launcher=batched_slurm",
-        f"hydra.launcher.partition={PARTITION}",
-        "hydra.launcher.timeout_min=10",
-        "hydra.launcher.cpus_per_task=1",
-        "hydra.launcher.mem_gb=2",
-        "hydra.launcher.shards=2",
+        *BATCHED_SLURM,
         f"paths.output_dir={tmp_path / 'slurm'}",
         *grid,
     )
@@ -104,20 +113,9 @@ def test_a_batched_slurm_shard_that_dies_fails_its_jobs_and_a_rerun_does_them(tm
     # (scancel, as a timeout or a lost node would end it). Its job ends failed, the other
     # shard's job lands, the sweep exits non-zero, and the same command then does only
     # the missing job.
-    import subprocess
-    import sys
-    import time
-
-    from conftest import REPO
-
     args = (
         "-m",
-        "hydra/launcher=batched_slurm",
-        f"hydra.launcher.partition={PARTITION}",
-        "hydra.launcher.timeout_min=10",
-        "hydra.launcher.cpus_per_task=1",
-        "hydra.launcher.mem_gb=2",
-        "hydra.launcher.shards=2",
+        *BATCHED_SLURM,
         f"paths.output_dir={tmp_path}",
         "sweep_name=dies",
         "n_trajectories=1,2",

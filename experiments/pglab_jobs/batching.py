@@ -350,21 +350,22 @@ def _failed_with_shard(
     finished (and keep their results) or never started (the sweep counts them as
     unfinished). A re-run does every one that did not finish."""
     sweep_dir = Path(str(sweep.config.hydra.sweep.dir))
-    overrides_of = [overrides for _, overrides in part]
-    opened = _dirs_by_compose_key(
-        sweep.config, overrides_of, lambda _dir, meta: meta.get("status") == "running"
+    found = _dirs_by_compose_key(
+        sweep.config,
+        [overrides for _, overrides in part],
+        lambda job_dir, meta: meta.get("status") == "running" or storage.is_finished(job_dir, meta),
     )
-    finished = _dirs_by_compose_key(sweep.config, overrides_of, storage.is_finished)
     returns: dict[int, JobReturn] = {}
     for position, (offset, overrides) in enumerate(part):
         ret = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
-        if position in finished:
-            ret.return_value = "complete"
-        elif position in opened:
-            key = sweep_progress.job_key(opened[position], sweep.initial_job_idx + offset)
-            ret.return_value = mark_failed(opened[position], sweep_dir, key, reason)
-        else:
+        job_dir = found.get(position)
+        if job_dir is None:
             ret.return_value = "unfinished"
+        elif storage.is_finished(job_dir):
+            ret.return_value = "complete"
+        else:
+            key = sweep_progress.job_key(job_dir, sweep.initial_job_idx + offset)
+            ret.return_value = mark_failed(job_dir, sweep_dir, key, reason)
         returns[offset] = ret
     return returns
 

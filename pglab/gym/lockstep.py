@@ -174,7 +174,7 @@ class PolicyStack:
     Layer l of run r is kept transposed, ``weights_t[l][r] [in, out]``, with
     ``biases[l][r] [1, out]``, so a layer is one ``baddbmm``; hidden layers apply the
     policies' activation. Both are views of ``flat [R, n]`` (:class:`stacked.Layout`), on
-    which :func:`stacked.pg_step` updates many runs at once. :meth:`load` copies a run's
+    which :func:`stacked.pg_step` updates many runs at once. :meth:`load_many` copies runs'
     current parameters in.
     """
 
@@ -207,14 +207,7 @@ class PolicyStack:
             for i, layer in enumerate(policy.layers):
                 self._slots[r] += [self.weights_t[i][r].T, self.biases[i][r, 0]]
                 self._params[r] += [layer.weight, layer.bias]
-            self.load(r, policy)
-
-    def load(self, r: int, policy: CategoricalPolicy) -> None:
-        """Copy ``policy``'s current parameters into slot r."""
-        with torch.no_grad():
-            for i, layer in enumerate(policy.layers):
-                self.weights_t[i][r].copy_(layer.weight.T)
-                self.biases[i][r, 0].copy_(layer.bias)
+        self.load_many(range(len(policies)))
 
     def _pairs(self, rs: Sequence[int]) -> tuple[list[Tensor], list[Tensor]]:
         slots: list[Tensor] = []
@@ -225,7 +218,7 @@ class PolicyStack:
         return slots, params
 
     def load_many(self, rs: Sequence[int]) -> None:
-        """Copy the stacked policies ``rs`` (their current parameters) into their slots."""
+        """Copy the current parameters of the policies of runs ``rs`` into their slots."""
         slots, params = self._pairs(rs)
         with torch.no_grad():
             torch._foreach_copy_(slots, params)
@@ -476,15 +469,15 @@ def _play(
         else:
             stop(r, learner.result())
 
-    def episode_batch(r: int, step: int) -> tuple[EpisodeBatch, Tensor]:
-        """Run r's N episodes as an :class:`EpisodeBatch` ``[N, T]`` and their weights."""
+    def episode_batch(r: int, step: int) -> EpisodeBatch:
+        """Run r's N episodes as an :class:`EpisodeBatch` ``[N, T]``."""
         t = step - started[r] + 1
         rows = (started[r] + np.arange(t)) % cap
         cols = slice(r * m, r * m + ns[r])
         lengths_t = torch.from_numpy(lengths[cols].copy())
         mask = torch.arange(t).unsqueeze(0) < lengths_t.unsqueeze(1)  # [N, T]
         observations = torch.from_numpy(obs_log[rows, cols].transpose(1, 0, 2).copy())
-        batch = EpisodeBatch(
+        return EpisodeBatch(
             observations=torch.where(mask.unsqueeze(-1), observations, 0.0),
             actions=torch.where(mask, torch.from_numpy(act_log[rows, cols].T.copy()), 0),
             rewards=torch.where(mask, torch.from_numpy(rew_log[rows, cols].T.copy()), 0.0),
@@ -493,9 +486,6 @@ def _play(
             terminated=torch.from_numpy(terminated[cols].copy()),
             env_steps=int(t) * ns[r],
         )
-        config = runs[r].config
-        weights = estimators.step_weights(batch.rewards, mask, config.estimator, config.gamma)
-        return batch, weights
 
     def finish_batch(r: int, step: int) -> None:
         """Run r's N episodes all ended at vector step ``step``: learn now (its own
@@ -504,9 +494,8 @@ def _play(
         assert learner is not None
         try:
             if not stacking[r]:
-                batch, _ = episode_batch(r, step)
-                learner.learn(batch)
-                stack.load(r, runs[r].policy)
+                learner.learn(episode_batch(r, step))
+                stack.load_many([r])
                 next_or_stop(r, step + 1)
                 return
             waiting[r] = pack(r, step)
@@ -530,8 +519,9 @@ def _play(
         variance = math.nan
         every = config.variance_every
         if every > 0 and learner.iteration % every == 0 and ns[r] >= 2:
-            batch, nt_weights = episode_batch(r, step)
-            variance = grad_variance(per_episode_gradients(runs[r].policy, batch, nt_weights))
+            batch = episode_batch(r, step)
+            psi = estimators.step_weights(batch.rewards, batch.mask, config.estimator, config.gamma)
+            variance = grad_variance(per_episode_gradients(runs[r].policy, batch, psi))
         return _Finished(
             observations=obs_log[rows, columns],
             actions=act_log[rows, columns],

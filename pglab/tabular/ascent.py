@@ -176,6 +176,13 @@ def _collapse_config(mdp: TabularMDP, window: int, stationary_return: float) -> 
 
 
 @thread_invariant
+def _trpo_outcome(step: Any, max_backtracks: int) -> tuple[torch.Tensor, float, float]:
+    """``(theta_{k+1}, accepted, backtracks)`` of a TRPO line search (exact or sampled):
+    1/0 whether a step was accepted (theta stays otherwise) and the shrinks it took."""
+    backtracks = len(step.trials) - 1 if step.accepted else max_backtracks
+    return step.theta, float(step.accepted), float(backtracks)
+
+
 def tabular_ascent(
     mdp: TabularMDP,
     logits0: Any,
@@ -341,9 +348,7 @@ def tabular_ascent(
                     backtrack=backtrack,
                     max_backtracks=max_backtracks,
                 )
-                new_theta = step.theta
-                accepted = float(step.accepted)
-                backtracks = float(len(step.trials) - 1 if step.accepted else max_backtracks)
+                new_theta, accepted, backtracks = _trpo_outcome(step, max_backtracks)
             elif update == "npg":
                 new_theta = natural.npg_step(mdp, theta, step_size, features=phi)
             else:
@@ -355,9 +360,7 @@ def tabular_ascent(
                     backtrack=backtrack,
                     max_backtracks=max_backtracks,
                 )
-                new_theta = step.theta
-                accepted = float(step.accepted)
-                backtracks = float(len(step.trials) - 1 if step.accepted else max_backtracks)
+                new_theta, accepted, backtracks = _trpo_outcome(step, max_backtracks)
             finite = bool(torch.isfinite(new_theta).all())
             if finite:
                 new_logits = new_theta if phi is None else feature_logits(phi, new_theta)
