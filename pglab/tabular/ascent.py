@@ -175,7 +175,6 @@ def _collapse_config(mdp: TabularMDP, window: int, stationary_return: float) -> 
     )
 
 
-@thread_invariant
 def _trpo_outcome(step: Any, max_backtracks: int) -> tuple[torch.Tensor, float, float]:
     """``(theta_{k+1}, accepted, backtracks)`` of a TRPO line search (exact or sampled):
     1/0 whether a step was accepted (theta stays otherwise) and the shrinks it took."""
@@ -183,6 +182,7 @@ def _trpo_outcome(step: Any, max_backtracks: int) -> tuple[torch.Tensor, float, 
     return step.theta, float(step.accepted), float(backtracks)
 
 
+@thread_invariant
 def tabular_ascent(
     mdp: TabularMDP,
     logits0: Any,
