@@ -107,14 +107,38 @@ def test_stack_samples_actions_with_the_policys_probabilities():
     obs = torch.zeros(2, draws, 4)
     obs[0] = states.repeat(draws // 4, 1)
     u = torch.rand(2, draws, generator=generator)
-    actions = stack.sample(obs, u)[0].view(-1, 4)
+    actions = torch.from_numpy(stack.sample(obs.numpy(), u.numpy())[0]).view(-1, 4)
     pi = policy.probs(states).detach()
     for s in range(4):
         freq = torch.bincount(actions[:, s], minlength=3).double() / (draws / 4)
         se = torch.sqrt(pi[s].double() * (1 - pi[s].double()) / (draws / 4))
         assert torch.all((freq - pi[s].double()).abs() < 5 * se + 1e-12), (freq, pi[s])
     # logits equal the module's forward to float32 rounding (other summation order)
-    assert torch.allclose(stack.logits(obs[:, :8])[0], policy(obs[0, :8]), atol=1e-5)
+    logits = torch.from_numpy(stack.logits(obs[:, :8].numpy())[0])
+    assert torch.allclose(logits, policy(obs[0, :8]), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_numpy_kernels_of_the_step_do_not_depend_on_position(dtype):
+    # PolicyStack.logits and CartPoleCopies rely on these: np.tanh, exp, sin and cos give
+    # every element the same bits alone, in any slice and strided; a slice of a stacked
+    # matmul equals that slice's own matmul (exact equality, no tolerance).
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(4099) * 3).astype(dtype)
+    for f in (np.tanh, np.exp, np.sin, np.cos):
+        whole = f(x)
+        for start in range(0, 40, 3):
+            for length in range(1, 70, 5):
+                assert np.array_equal(f(x[start : start + length]), whole[start : start + length])
+        assert np.array_equal(f(x[1::3]), whole[1::3])
+        assert np.array_equal(np.array([f(v) for v in x[:300]]), whole[:300])
+    a = rng.standard_normal((7, 8, 64)).astype(dtype)
+    flat = rng.standard_normal((7, 64 * 64 + 5)).astype(dtype)
+    w = flat[:, 5:].reshape(7, 64, 64)  # views with an offset, like Layout.views
+    stacked = np.matmul(a, w)
+    for r in range(7):
+        assert np.array_equal(np.matmul(a[r : r + 1], w[r : r + 1])[0], stacked[r])
+        assert np.array_equal(a[r] @ np.ascontiguousarray(w[r]), stacked[r])
 
 
 def test_episode_starts_are_the_runs_own_draws_from_cartpoles_reset_law(monkeypatch):

@@ -35,7 +35,9 @@ other runs. Three rules make that hold (tested in ``tests/test_stacked.py``):
   of these is again per-slice ``bmm`` and ``sum``.
 * **Whole vectors for element-wise transcendentals** (tanh, exp, log): a run's block of
   ``P x width`` values is a multiple of 64, so torch's vectorised loop covers every value
-  and no value falls in the scalar tail, whose last bits can differ. The step itself is
+  and no value falls in the scalar tail, whose last bits can differ. (tanh, the default
+  activation, runs through numpy instead: ~7x faster here, and position-independent.)
+  The step itself is
   a multiplication and a subtraction (each correctly rounded; no fused multiply-add).
 
 Non-finite values are per run: a run whose loss or gradient is not finite keeps its
@@ -49,6 +51,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -163,8 +166,17 @@ def _forward(
         x = torch.baddbmm(b, x, w)
         if i < last:
             pre.append(x)
-            x = activation(x)
+            x = _activate(x, activation)
     return torch.log_softmax(x, dim=-1), inputs, pre
+
+
+def _activate(x: Tensor, activation: Callable[[Tensor], Tensor]) -> Tensor:
+    """``activation(x)``; tanh through numpy, whose float32 tanh runs ~7x faster than
+    torch's here (0.5 against 3.5 ns an element) and gives every element the same bits
+    wherever it sits (tested in ``tests/test_lockstep.py``)."""
+    if activation is torch.tanh:
+        return torch.from_numpy(np.tanh(x.numpy()))
+    return activation(x)
 
 
 def _activation_backward(
