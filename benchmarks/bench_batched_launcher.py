@@ -74,6 +74,28 @@ def env_steps(found: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> int:
     return int(sum(h["env_steps"].iloc[-1] for h, _ in found.values()))
 
 
+def critical_path(found: dict[str, tuple[pd.DataFrame, pd.DataFrame]], workers: int = 2) -> str:
+    """The most speed-up lock-step can give on this grid, from the runs themselves.
+
+    A run's vector steps (env_steps_total / N) are policy evaluations made one after
+    another: each waits for the last action, and each batch for the last update. joblib
+    plays its jobs' steps back to back on each of ``workers`` processes; a lock-step batch
+    plays all its runs' steps side by side, so it takes at least as many vector steps as
+    its longest run. Even if a lock-step vector step cost no more than a single run's and
+    nothing else cost anything, batched could be at most (total / workers) / longest
+    times faster."""
+    chains = [
+        float(h["env_steps_total"].iloc[-1]) / float(h["n_trajectories"].iloc[-1])
+        for h, _ in found.values()
+    ]
+    sequential = sum(chains) / workers
+    return (
+        f"critical-path bound: {sequential:.0f} policy evaluations in sequence per joblib "
+        f"worker, >= {max(chains):.0f} per lock-step batch: batched <= "
+        f"{sequential / max(chains):.1f}x faster, before any per-job cost both sides pay"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--logger", default="wandb", choices=["wandb", "none"])
@@ -103,6 +125,8 @@ def main() -> None:
                 a[k][0].equals(b[k][0]) and a[k][1].equals(b[k][1]) for k in a
             )
             print(f"per-job histories and summaries identical: {same} ({len(a)} jobs)")
+        if found:
+            print(critical_path(next(iter(found.values()))))
         # Re-running a finished sweep: every job is skipped (resume) before any work.
         if "batched" in walls:
             start = time.perf_counter()

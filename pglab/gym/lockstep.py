@@ -1,11 +1,13 @@
 """Many CartPole runs in lock-step: one vector environment, one batched policy call per step.
 
 A grid of R runs (any N, step size, seed, update rule, optimizer) of one policy
-architecture is played in a single ``CartPoleVectorEnv`` with R x M copies: run r owns
-the M copies ``r*M ... r*M + M - 1``, of which its first N_r play its episodes and the
-rest are padding that steps along unused. Every vector step evaluates all R policies in
-one call (stacked parameters, ``torch.bmm``), draws each run's actions from that run's
-own uniforms, and steps the environment once.
+architecture is played on R x M CartPole copies stepped together
+(:class:`pglab.gym.cartpole_physics.CartPoleCopies`: gymnasium's ``CartPoleVectorEnv``
+arithmetic, bit for bit, without its per-step checks and autoreset): run r owns the M
+copies ``r*M ... r*M + M - 1``, of which its first N_r play its episodes and the rest are
+padding that steps along unused. Every vector step evaluates all R policies in one call
+(stacked parameters, a numpy ``matmul`` per layer), draws each run's actions from that
+run's own uniforms, and steps the copies once.
 
 When a run's N episodes have all ended, it updates:
 
@@ -29,9 +31,8 @@ alone (R = 1, which is how the CartPole app plays a single run):
 
 * **Episode starts** are drawn by the run itself: s_0 ~ U(-0.05, 0.05)^4 per copy (the
   law of CartPole's reset) from ``numpy.random.default_rng(seed)``, and written into the
-  vector environment's state (its step and autoreset counters cleared), so no run
-  consumes another's random numbers. The dynamics are element-wise numpy, the same
-  arithmetic in every column.
+  copies' state (their step counters cleared), so no run consumes another's random
+  numbers. The dynamics are element-wise numpy, the same arithmetic in every column.
 * **Actions** use U ~ U[0, 1) from the run's ``Learner.generator``, one per copy and step
   the run plays (``torch.rand(block, N)`` every ``UNIFORM_BLOCK`` of them; a waiting run
   uses none), with the law of
@@ -40,25 +41,25 @@ alone (R = 1, which is how the CartPole app plays a single run):
   slice differs in the last bit from the same values inside a longer tensor, for 171 of
   399 slice lengths), so they only ever run on a run's own block (logit(U)); the batch
   sees exact operations (subtraction, comparison) and row-wise kernels.
-* **Logits** come from ``torch.bmm`` on ``[R, M, d]`` blocks. A matrix product's rows
-  can depend on how many rows it is given (measured here: ``[M, 64] @ [64, 2]`` rows change
-  below M = 16), so every run pads its rows to M = :func:`padded_rows` (N rounded up to a
-  multiple of 8, and so that M x width is a multiple of 64 for the activation) whether
-  alone or in a batch, and only runs with the same M share a
-  batch; a slice of ``torch.bmm`` does not depend on the other slices (tested).
+* **Logits** come from ``numpy.matmul`` on ``[R, M, d]`` blocks (one BLAS call per
+  slice). A matrix product's rows can depend on how many rows it is given (measured
+  here), so every run pads its rows to M = :func:`padded_rows` (N rounded up to a
+  multiple of 8, and so that M x width is a multiple of 64 for activations computed by
+  torch) whether alone or in a batch, and only runs with the same M share a batch; a
+  slice of a stacked ``matmul`` does not depend on the other slices, and numpy's tanh,
+  exp, sin and cos give an element the same bits wherever it sits (tested).
 * **Updates** are the run's own Learner on its own batch, or its slice of a stacked
   step, which does not depend on the other slices (:mod:`pglab.gym.stacked`: canonical
   padded shapes, slice-wise kernels).
 
 ``tests/test_lockstep.py`` checks the whole history and final parameters bit for bit
-(alone vs in batches of other sizes and other runs). The vector environment must be
-gymnasium's ``CartPoleVectorEnv`` (``gym.make_vec(..., vectorization_mode=
-"vector_entry_point")``); :func:`unbatchable_reason` says why anything else is not
-batched (other environments run one by one with
-:class:`pglab.gym.rollouts.RolloutCollector`).
+(alone vs in batches of other sizes and other runs). The env must have gymnasium's
+``CartPoleVectorEnv`` as its vector entry point (its constants are read from one);
+:func:`unbatchable_reason` says why anything else is not batched (other environments run
+one by one with :class:`pglab.gym.rollouts.RolloutCollector`).
 
-Cost per vector step: one ``bmm`` per layer over all runs, one softmax, one environment
-step over R x M copies and a few numpy copies into a ring buffer of the last
+Cost per vector step: one ``matmul`` per layer over all runs, one comparison, one step of
+the R x M copies and a few numpy copies into a ring buffer of the last
 ``max_episode_steps`` steps; per finished batch, its packing and its share of an update.
 Failures are per run: a run whose update raises (or whose callback does) leaves the batch
 with that error and the others go on; a diverged run ends as ``diverged`` as in ``train``.
@@ -183,8 +184,8 @@ class PolicyStack:
     """R policies of one architecture evaluated together: logits ``[R, M, d] -> [R, M, A]``.
 
     Layer l of run r is kept transposed, ``weights_t[l][r] [in, out]``, with
-    ``biases[l][r] [1, out]``, so a layer is one ``baddbmm``; hidden layers apply the
-    policies' activation. Both are views of ``flat [R, n]`` (:class:`stacked.Layout`), on
+    ``biases[l][r] [1, out]``, so a layer is one stacked matrix product plus the bias
+    (numpy, :meth:`logits`); hidden layers apply the policies' activation. Both are views of ``flat [R, n]`` (:class:`stacked.Layout`), on
     which :func:`stacked.pg_step` updates many runs at once. :meth:`load_many` copies runs'
     current parameters in.
     """
