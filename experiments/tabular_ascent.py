@@ -154,9 +154,12 @@ def run_group(
 ) -> list[TrainResult | BaseException]:
     """Jobs of one group (:func:`group_of`) ascended together on the first job's MDP (the
     others' are equal); one result or error each, ``on_result(i, outcome)`` as soon as
-    job i's run has ended. (``report`` is not called: the batch has no env steps.)"""
+    job i's run has ended; ``report(progress)`` every 10 s (iterations, not env steps: the
+    exact gradient samples nothing)."""
     try:
-        return batched_tabular_ascent(group[0].mdp, [p.run() for p in group], on_result=on_result)
+        return batched_tabular_ascent(
+            group[0].mdp, [p.run() for p in group], on_result=on_result, report=report
+        )
     finally:
         for p in group:
             p.bar.close()

@@ -17,7 +17,10 @@ pglab therefore computes with one thread:
   also the fastest (the tensors are small; a second thread costs more than it saves).
 * numpy: :mod:`pglab.stats` calls no BLAS/LAPACK routine that threads (``np.einsum``
   instead of ``@``, its own tridiagonalisation for the one eigenvector it needs); the
-  samplers use element-wise numpy only.
+  samplers use element-wise numpy only. Lock-step's policy forward
+  (:meth:`pglab.gym.lockstep.PolicyStack.logits`) is a stacked ``np.matmul``, one OpenBLAS
+  gemm per run, which threads on large slices; OpenBLAS splits the output, not the sum,
+  so its bits do not depend on the thread count (tested with 1 and 2 threads).
 
 So the ``threads`` setting of an experiment changes neither its numbers nor (beyond the
 caller's own work) its speed. ``torch.set_num_threads`` is process-wide: do not run

@@ -156,6 +156,41 @@ def test_resume_recomputes_damaged_results(tmp_path):
     assert "0 done, 3 skipped" in third.stdout, third.stdout
 
 
+@pytest.mark.parametrize("launcher", ["basic", "batched"])
+def test_resume_recomputes_jobs_whose_numbers_came_from_older_code(tmp_path, launcher):
+    # A code change that gives the same config other bits bumps its app's NUMERICS stamp;
+    # a finished job recorded under another stamp (here: none, as before stamps existed)
+    # is recomputed, never mixed into the resumed sweep, under every launcher (batched's
+    # skip-before-composing path included). Jobs with the current stamp are skipped.
+    from pglab_jobs.metadata import NUMERICS
+
+    args = (
+        "-m",
+        f"paths.output_dir={tmp_path}",
+        "sweep_name=n",
+        "logger=none",
+        "progress=false",
+        "budget.iterations=3",
+        "n_trajectories=2",
+        "seed=0,1",
+        f"hydra/launcher={launcher}",
+    )
+    run_app("cartpole.py", *args)
+    stale, current = _jobs(_sweep(tmp_path, "n", "cartpole"))
+    assert storage.read_metadata(current)["numerics"] == NUMERICS["cartpole"]
+    meta = storage.read_metadata(stale)
+    del meta["numerics"]
+    (stale / schema.METADATA_FILE).write_text(json.dumps(meta))
+    kept = storage.read_metadata(current)["finished_at"]
+
+    again = run_app("cartpole.py", *args)
+    assert "1 done, 1 skipped" in again.stdout, again.stdout
+    assert "its numbers come from older code" in again.stdout + again.stderr
+    assert storage.read_metadata(stale)["numerics"] == NUMERICS["cartpole"]
+    assert storage.read_metadata(current)["finished_at"] == kept
+    assert storage.is_finished(stale)
+
+
 def test_legacy_metadata_without_digests_still_detects_truncation(tmp_path):
     """Sweeps finished before digests were recorded: presence plus parquet's end marker."""
     args = ("-m", f"paths.output_dir={tmp_path}", "sweep_name=l", "logger=none")

@@ -118,6 +118,35 @@ def test_stack_samples_actions_with_the_policys_probabilities():
     assert torch.allclose(logits, policy(obs[0, :8]), atol=1e-5)
 
 
+_LOGITS_DIGEST = """
+import hashlib, numpy as np, torch
+from pglab.gym.lockstep import PolicyStack
+from pglab.gym.policies import make_policy
+stack = PolicyStack([make_policy("mlp", 4, 2, (64, 64), seed=s) for s in range(3)])
+obs = np.random.default_rng(0).standard_normal((3, 1024, 4)).astype(np.float32)
+print(hashlib.sha256(stack.logits(obs).tobytes()).hexdigest())
+"""
+
+
+def test_the_numpy_forward_does_not_depend_on_openblas_threads():
+    # numpy's matmul threads inside OpenBLAS for large slices (1024 rows here; below
+    # ~4 x 65536 multiply-adds it stays on one thread), which pglab cannot switch off from
+    # Python; its bits must not depend on that (threads.py's rule for every number)
+    import os
+    import subprocess
+    import sys
+
+    digests = set()
+    for threads in ("1", "2"):
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": threads}
+        done = subprocess.run(
+            [sys.executable, "-c", _LOGITS_DIGEST], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        digests.add(done.stdout.strip())
+    assert len(digests) == 1
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_numpy_kernels_of_the_step_do_not_depend_on_position(dtype):
     # PolicyStack.logits and CartPoleCopies rely on these: np.tanh, exp, sin and cos give

@@ -139,6 +139,16 @@ def test_a_diverging_run_ends_alone_with_its_row_and_the_others_go_on():
         assert outcomes[r].status == "complete" and len(outcomes[r].history) == 8
 
 
+def test_progress_is_reported_in_iterations_and_once_at_the_end():
+    mdp = zoo.make("chain")
+    seen: list[batched_ascent.AscentProgress] = []
+    outcomes = batched_tabular_ascent(mdp, _runs(mdp, SPECS[:3]), report=seen.append)
+    last = seen[-1]
+    assert (last.runs, last.finished) == (3, 3)
+    assert last.iterations == sum(len(outcome.history) for outcome in outcomes)
+    assert last.wall_time > 0
+
+
 def test_a_callback_that_raises_ends_only_its_run():
     mdp = zoo.make("gridworld")
     runs = _runs(mdp, SPECS[:3])
@@ -251,6 +261,8 @@ def test_a_sweep_under_the_batched_launcher_equals_the_basic_one_bit_for_bit(tmp
             f"paths.output_dir={tmp_path / launcher}",
         )
     assert "batch 1/1: 4 runs in lock-step" in proc.stderr + proc.stdout
+    # the batch's progress line counts ascent iterations (4 runs x 6), not env steps
+    assert "batch 1/1: 4 of 4 runs finished, 24 iterations" in proc.stderr + proc.stdout
     basic = _jobs(tmp_path / "basic" / "multirun")
     batched = _jobs(tmp_path / "batched" / "multirun")
     assert len(basic) == len(batched) == 8

@@ -4,7 +4,10 @@ pglab.tabular.ascent.tabular_ascent).
 ``update="pg"`` must reproduce the results of the code before the wiring bit for bit:
 ``tests/data/pg_baseline.json`` holds the values those exact runs produced at commit
 cd01170 (floats as ``float.hex``, final parameters as a SHA-256 of their bytes), so the
-comparison is exact equality, no tolerance.
+comparison is exact equality, no tolerance. Float bits of torch/MKL arithmetic depend on
+the CPU (an AMD EPYC gives other last bits than the machine of the first baseline, for
+cd01170's code as for today's), so the file holds one baseline per platform, each computed
+by cd01170's own code there, and a run must equal one of them in every value.
 """
 
 from __future__ import annotations
@@ -40,14 +43,30 @@ def _hex(history, key):
     return [float(row[key]).hex() for row in history]
 
 
+def _equals_a_baseline(name: str, got: dict[str, object]) -> None:
+    """``got`` equals, in every key, the baseline ``name`` of one recorded platform."""
+    misses = []
+    for baseline in BASELINE["baselines"]:
+        want = baseline["values"][name]
+        differing = sorted(key for key in want if got[key] != want[key])
+        if not differing:
+            return
+        misses.append(f"{baseline['platform']}: {differing}")
+    raise AssertionError(
+        f"{name} equals no recorded cd01170 baseline; differs in " + "; ".join(misses)
+    )
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_update_pg_reproduces_the_cartpole_results_before_the_wiring_bit_for_bit(optimizer):
     result = _cartpole(optimizer)
-    expected = BASELINE[f"cartpole_{optimizer}"]
-    for key in ("return_mean", "loss", "grad_norm", "entropy", "kl", "grad_variance"):
-        assert _hex(result.history, key) == expected[key], key
+    got: dict[str, object] = {
+        key: _hex(result.history, key)
+        for key in ("return_mean", "loss", "grad_norm", "entropy", "kl", "grad_variance")
+    }
     params = b"".join(v.numpy().tobytes() for v in result.final_params.values())
-    assert hashlib.sha256(params).hexdigest() == expected["params"]
+    got["params"] = hashlib.sha256(params).hexdigest()
+    _equals_a_baseline(f"cartpole_{optimizer}", got)
 
 
 @pytest.mark.parametrize("gradient", ["exact", "reinforce"])
@@ -55,11 +74,12 @@ def test_update_pg_reproduces_the_tabular_ascent_before_the_wiring_bit_for_bit(g
     mdp = zoo.make("chain")
     logits0 = torch.zeros(mdp.n_states, mdp.n_actions, dtype=torch.float64)
     result = tabular_ascent(mdp, logits0, 1.0, 15, gradient=gradient, n_trajectories=8, seed=5)
-    expected = BASELINE[f"ascent_{gradient}"]
-    for key in ("expected_return", "entropy", "grad_norm", "p_optimal"):
-        assert _hex(result.history, key) == expected[key], key
-    digest = hashlib.sha256(result.final_params["logits"].numpy().tobytes()).hexdigest()
-    assert digest == expected["params"]
+    got: dict[str, object] = {
+        key: _hex(result.history, key)
+        for key in ("expected_return", "entropy", "grad_norm", "p_optimal")
+    }
+    got["params"] = hashlib.sha256(result.final_params["logits"].numpy().tobytes()).hexdigest()
+    _equals_a_baseline(f"ascent_{gradient}", got)
 
 
 def test_pg_records_the_step_norm_of_theta_plus_alpha_ghat():

@@ -65,7 +65,7 @@ from pglab_jobs.job import (
     mark_skipped,
     open_job,
 )
-from pglab_jobs.metadata import compose_key
+from pglab_jobs.metadata import compose_key, numerics_current
 
 log = logging.getLogger("pglab.batched")
 
@@ -138,13 +138,18 @@ def finished_before_composing(
 ) -> dict[int, Path]:
     """Jobs (by position) that already finished in the sweep directory, found without
     composing their configs: a finished, intact job whose recorded ``compose_key`` (config
-    files, config name, overrides; :func:`pglab_jobs.metadata.compose_key`) equals theirs.
+    files, config name, overrides; :func:`pglab_jobs.metadata.compose_key`) equals theirs
+    and whose numbers come from the current code (:data:`pglab_jobs.metadata.NUMERICS`).
     Anything else (older jobs without the key, changed config files) is left to the usual
     check by config hash, which composes first.
     """
     if not config.get("resume", True):
         return {}
-    return _dirs_by_compose_key(config, job_overrides, storage.is_finished)
+    return _dirs_by_compose_key(
+        config,
+        job_overrides,
+        lambda job_dir, meta: numerics_current(meta) and storage.is_finished(job_dir, meta),
+    )
 
 
 def _dirs_by_compose_key(
@@ -185,15 +190,23 @@ def _in_job_context(config: DictConfig) -> None:
 
 
 def _report(label: str) -> Callable[[Any], None]:
+    """A batch's progress line: env steps for gymnasium batches (``lockstep.Progress``),
+    ascent iterations for tabular ones (``batched_ascent.AscentProgress``)."""
+
     def report(progress: Any) -> None:
-        rate = progress.env_steps / progress.wall_time if progress.wall_time > 0 else 0.0
+        steps = getattr(progress, "env_steps", None)
+        count = steps if steps is not None else progress.iterations
+        rate = count / progress.wall_time if progress.wall_time > 0 else 0.0
+        if steps is not None:
+            amount = f"{steps / 1e6:.2f}M env steps, {rate / 1e3:.0f}k steps/s"
+        else:
+            amount = f"{count} iterations, {rate:.0f} iterations/s"
         log.info(
-            "%s: %d of %d runs finished, %.2fM env steps, %.0fk steps/s, %.0fs",
+            "%s: %d of %d runs finished, %s, %.0fs",
             label,
             progress.finished,
             progress.runs,
-            progress.env_steps / 1e6,
-            rate / 1e3,
+            amount,
             progress.wall_time,
         )
 

@@ -46,7 +46,13 @@ from pglab import checks
 from pglab.schema import JOB_STATUS_FILE, METADATA_FILE
 from pglab_jobs import job_dirname, naming, storage
 from pglab_jobs import progress as sweep_progress
-from pglab_jobs.metadata import base_metadata, compose_key, job_hashes
+from pglab_jobs.metadata import (
+    NUMERICS,
+    base_metadata,
+    compose_key,
+    job_hashes,
+    numerics_current,
+)
 from pglab_jobs.progress import Progress
 from pglab_jobs.tracking import DECISION_FILE, Tracker
 
@@ -150,6 +156,11 @@ def _finished_twin(sweep_dir: Path, run_dir: Path, hashes: tuple[str, ...]) -> P
     meta = storage.read_metadata(run_dir)
     if meta and meta.get("job_hash") in hashes:
         problem = storage.result_problem(run_dir, meta)
+        if problem is None and not numerics_current(meta):
+            problem = (
+                f"its numbers come from older code (numerics {meta.get('numerics')!r}, "
+                f"now {NUMERICS.get(str(meta.get('experiment')))!r})"
+            )
         if problem is None:
             return run_dir
         if meta.get("status") in storage.FINISHED_STATUSES:
@@ -158,7 +169,12 @@ def _finished_twin(sweep_dir: Path, run_dir: Path, hashes: tuple[str, ...]) -> P
         if job_dir == run_dir:
             continue
         meta = storage.read_metadata(job_dir)
-        if meta and meta.get("job_hash") in hashes and storage.is_finished(job_dir, meta):
+        if (
+            meta
+            and meta.get("job_hash") in hashes
+            and numerics_current(meta)
+            and storage.is_finished(job_dir, meta)
+        ):
             return job_dir
     return None
 

@@ -32,6 +32,19 @@ TRACKED_PACKAGES = (
 # a hash that still includes the thread count; resume accepts it (see job_hashes).
 _LEGACY_NON_SEMANTIC_KEYS = tuple(k for k in NON_SEMANTIC_KEYS if k != "threads")
 
+#: Per app, a stamp of the code's arithmetic: a change that gives the same config other
+#: numbers (same laws, other bits) bumps its app's stamp here. Every job records its
+#: app's stamp (``numerics``), and resume reuses a finished job only if its stamp is the
+#: current one, so a resumed sweep never mixes results of two versions of the code. Apps
+#: without an entry record ``None`` (their numbers have not changed since stamps began).
+#: cartpole: the lock-step forward and the stacked step's tanh moved to numpy.
+NUMERICS: dict[str, str] = {"cartpole": "2026-12-02 numpy lock-step"}
+
+
+def numerics_current(meta: dict[str, Any]) -> bool:
+    """Whether a job's metadata records its app's current :data:`NUMERICS` stamp."""
+    return meta.get("numerics") == NUMERICS.get(str(meta.get("experiment")))
+
 
 # Both are read once per process: the code a process runs is the code it imported, and a
 # sweep of many jobs in one process (the basic launcher) should not pay for it per job.
@@ -108,6 +121,7 @@ def base_metadata(
     return {
         "experiment": experiment,
         "job_hash": job_hash(config),
+        "numerics": NUMERICS.get(experiment),
         "config": config,
         "overrides": overrides,
         "seed": config.get("seed"),

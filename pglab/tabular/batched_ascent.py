@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +67,7 @@ from pglab.threads import thread_invariant
 __all__ = [
     "MAX_ELEMENTS",
     "PAD",
+    "AscentProgress",
     "AscentRun",
     "BatchedDynamics",
     "BatchedSolution",
@@ -268,10 +270,22 @@ def _check_runs(mdp: TabularMDP, runs: Sequence[AscentRun]) -> list[torch.Tensor
 
 
 @thread_invariant
+@dataclass(frozen=True)
+class AscentProgress:
+    """Passed to ``batched_tabular_ascent``'s ``report``: the batch so far."""
+
+    runs: int
+    finished: int
+    iterations: int  # ascent steps taken, summed over the runs
+    wall_time: float
+
+
 def batched_tabular_ascent(
     mdp: TabularMDP,
     runs: Sequence[AscentRun],
     on_result: Callable[[int, TrainResult | BaseException], None] | None = None,
+    report: Callable[[AscentProgress], None] | None = None,
+    report_every_s: float = 10.0,
 ) -> list[TrainResult | BaseException]:
     """Exact policy-gradient ascent of every run in ``runs`` on ``mdp``, advanced together.
 
@@ -284,7 +298,8 @@ def batched_tabular_ascent(
     gradient or new parameters: its last row has ``diverged`` True, status
     ``"diverged"``), or when its callback raises (that exception is its result);
     ``on_result(r, outcome)`` is called as soon as run r has ended (an exception it raises
-    is logged, the batch goes on). ``KeyboardInterrupt`` stops everything. Runs whose
+    is logged, the batch goes on); ``report(progress)`` about every ``report_every_s``
+    seconds and once at the end. ``KeyboardInterrupt`` stops everything. Runs whose
     stacked ``[R, T, S, A]`` would exceed :data:`MAX_ELEMENTS` go in chunks of runs, one
     chunk after another (bounded memory; the numbers are the same).
 
@@ -318,6 +333,12 @@ def batched_tabular_ascent(
 
     outcomes: list[TrainResult | BaseException | None] = [None] * len(runs)
     histories: list[list[dict[str, Any]]] = [[] for _ in runs]
+    start = last_report = time.perf_counter()
+
+    def progress() -> AscentProgress:
+        finished = sum(outcome is not None for outcome in outcomes)
+        done = sum(len(history) for history in histories)
+        return AscentProgress(len(runs), finished, done, time.perf_counter() - start)
 
     def logits_of(params: torch.Tensor) -> torch.Tensor:
         if phi_flat is None:
@@ -432,6 +453,11 @@ def batched_tabular_ascent(
                 active = [active[i] for i in keep]
             theta = new_theta.contiguous()
             k += 1
+            if report is not None and time.perf_counter() - last_report >= report_every_s:
+                last_report = time.perf_counter()
+                report(progress())
+    if report is not None:
+        report(progress())
     return [outcome for outcome in outcomes if outcome is not None]
 
 
