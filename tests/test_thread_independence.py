@@ -174,3 +174,35 @@ def test_single_thread_inside_the_entry_points(threads):
         assert seen == [1, 1] and torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(previous)
+
+
+def test_batched_entry_points_run_single_threaded():
+    # The batched ascent and the lock-step loop must run under thread_invariant like the
+    # one-run entry points (a decorator left above an inserted definition once took it off
+    # batched_tabular_ascent): their callbacks see one torch thread, whatever the caller set.
+    import torch
+
+    from pglab.gym.lockstep import LockstepRun, train_lockstep
+    from pglab.gym.policies import make_policy
+    from pglab.gym.training import TrainConfig
+    from pglab.tabular import zoo
+    from pglab.tabular.batched_ascent import AscentRun, batched_tabular_ascent
+
+    seen: list[int] = []
+
+    def record(metrics: dict) -> None:
+        seen.append(torch.get_num_threads())
+
+    mdp = zoo.make("chain")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        logits = torch.zeros(mdp.n_states, mdp.n_actions, dtype=torch.float64)
+        batched_tabular_ascent(mdp, [AscentRun(logits, 1.0, 2, callback=record)])
+        config = TrainConfig(n_trajectories=2, step_size=0.01, max_iterations=2)
+        policy = make_policy("mlp", 4, 2, hidden_sizes=(8,), seed=0)
+        train_lockstep([LockstepRun(config, policy, callback=record)])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+    assert seen == [1] * 4

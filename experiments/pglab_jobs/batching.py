@@ -64,8 +64,9 @@ from pglab_jobs.job import (
     mark_failed,
     mark_skipped,
     open_job,
+    reusable,
 )
-from pglab_jobs.metadata import compose_key, numerics_current
+from pglab_jobs.metadata import compose_key
 
 log = logging.getLogger("pglab.batched")
 
@@ -145,11 +146,7 @@ def finished_before_composing(
     """
     if not config.get("resume", True):
         return {}
-    return _dirs_by_compose_key(
-        config,
-        job_overrides,
-        lambda job_dir, meta: numerics_current(meta) and storage.is_finished(job_dir, meta),
-    )
+    return _dirs_by_compose_key(config, job_overrides, reusable)
 
 
 def _dirs_by_compose_key(

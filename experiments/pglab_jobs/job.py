@@ -46,13 +46,7 @@ from pglab import checks
 from pglab.schema import JOB_STATUS_FILE, METADATA_FILE
 from pglab_jobs import job_dirname, naming, storage
 from pglab_jobs import progress as sweep_progress
-from pglab_jobs.metadata import (
-    NUMERICS,
-    base_metadata,
-    compose_key,
-    job_hashes,
-    numerics_current,
-)
+from pglab_jobs.metadata import base_metadata, compose_key, job_hashes, numerics_problem
 from pglab_jobs.progress import Progress
 from pglab_jobs.tracking import DECISION_FILE, Tracker
 
@@ -150,17 +144,18 @@ def job_dirs(sweep_dir: Path) -> Iterator[Path]:
                 continue
 
 
+def reusable(job_dir: Path, meta: dict[str, Any]) -> bool:
+    """Whether resume may take the job in ``job_dir`` (metadata ``meta``) as done: finished,
+    intact, and computed by code with the current numerics."""
+    return numerics_problem(meta) is None and storage.is_finished(job_dir, meta)
+
+
 def _finished_twin(sweep_dir: Path, run_dir: Path, hashes: tuple[str, ...]) -> Path | None:
     """A finished, intact job with one of ``hashes`` in the sweep: this job's own directory
     first (a re-run sweep), then any other (same config under other overrides)."""
     meta = storage.read_metadata(run_dir)
     if meta and meta.get("job_hash") in hashes:
-        problem = storage.result_problem(run_dir, meta)
-        if problem is None and not numerics_current(meta):
-            problem = (
-                f"its numbers come from older code (numerics {meta.get('numerics')!r}, "
-                f"now {NUMERICS.get(str(meta.get('experiment')))!r})"
-            )
+        problem = storage.result_problem(run_dir, meta) or numerics_problem(meta)
         if problem is None:
             return run_dir
         if meta.get("status") in storage.FINISHED_STATUSES:
@@ -169,12 +164,7 @@ def _finished_twin(sweep_dir: Path, run_dir: Path, hashes: tuple[str, ...]) -> P
         if job_dir == run_dir:
             continue
         meta = storage.read_metadata(job_dir)
-        if (
-            meta
-            and meta.get("job_hash") in hashes
-            and numerics_current(meta)
-            and storage.is_finished(job_dir, meta)
-        ):
+        if meta and meta.get("job_hash") in hashes and reusable(job_dir, meta):
             return job_dir
     return None
 

@@ -41,9 +41,13 @@ _LEGACY_NON_SEMANTIC_KEYS = tuple(k for k in NON_SEMANTIC_KEYS if k != "threads"
 NUMERICS: dict[str, str] = {"cartpole": "2026-12-02 numpy lock-step"}
 
 
-def numerics_current(meta: dict[str, Any]) -> bool:
-    """Whether a job's metadata records its app's current :data:`NUMERICS` stamp."""
-    return meta.get("numerics") == NUMERICS.get(str(meta.get("experiment")))
+def numerics_problem(meta: dict[str, Any]) -> str | None:
+    """Why a job's numbers are not those of the current code (its metadata records another
+    :data:`NUMERICS` stamp than its app's), or ``None``."""
+    recorded, current = meta.get("numerics"), NUMERICS.get(str(meta.get("experiment")))
+    if recorded == current:
+        return None
+    return f"its numbers come from older code (numerics {recorded!r}, now {current!r})"
 
 
 # Both are read once per process: the code a process runs is the code it imported, and a

@@ -185,8 +185,9 @@ class PolicyStack:
 
     Layer l of run r is kept transposed, ``weights_t[l][r] [in, out]``, with
     ``biases[l][r] [1, out]``, so a layer is one stacked matrix product plus the bias
-    (numpy, :meth:`logits`); hidden layers apply the policies' activation. Both are views of ``flat [R, n]`` (:class:`stacked.Layout`), on
-    which :func:`stacked.pg_step` updates many runs at once. :meth:`load_many` copies runs'
+    (numpy, :meth:`logits`); hidden layers apply the policies' activation. Both are views
+    of ``flat [R, n]`` (:class:`stacked.Layout`), on which :func:`stacked.pg_step`
+    updates many runs at once. :meth:`load_many` copies runs'
     current parameters in.
     """
 
@@ -370,7 +371,7 @@ def train_lockstep(
         env.close()
         raise ValueError(f"{first.env_id}: the vector env is {type(inner).__name__}")
     try:
-        return _play(runs, env, inner, m, time_limit, report, report_every_s, on_result)
+        return _play(runs, inner, m, time_limit, report, report_every_s, on_result)
     finally:
         env.close()
 
@@ -417,7 +418,6 @@ def _return_stats(returns: np.ndarray) -> tuple[float, float, float, float]:
 
 def _play(
     runs: Sequence[LockstepRun],
-    env: Any,
     inner: Any,
     m: int,
     time_limit: int,

@@ -37,8 +37,8 @@ other runs. Three rules make that hold (tested in ``tests/test_stacked.py``):
   ``P x width`` values is a multiple of 64, so torch's vectorised loop covers every value
   and no value falls in the scalar tail, whose last bits can differ. (tanh, the default
   activation, runs through numpy instead: ~7x faster here, and position-independent.)
-  The step itself is
-  a multiplication and a subtraction (each correctly rounded; no fused multiply-add).
+  The step itself is a multiplication and a subtraction (each correctly rounded; no
+  fused multiply-add).
 
 Non-finite values are per run: a run whose loss or gradient is not finite keeps its
 parameters (``finite`` 0), one whose new parameters are not finite reports ``finite`` 0

@@ -269,7 +269,6 @@ def _check_runs(mdp: TabularMDP, runs: Sequence[AscentRun]) -> list[torch.Tensor
     return thetas
 
 
-@thread_invariant
 @dataclass(frozen=True)
 class AscentProgress:
     """Passed to ``batched_tabular_ascent``'s ``report``: the batch so far."""
@@ -280,6 +279,7 @@ class AscentProgress:
     wall_time: float
 
 
+@thread_invariant
 def batched_tabular_ascent(
     mdp: TabularMDP,
     runs: Sequence[AscentRun],
