@@ -25,6 +25,7 @@ from pglab.gym.gradients import (
     grad_variance,
     per_episode_gradients,
     surrogate_loss,
+    welford_variance,
 )
 from pglab.gym.policies import make_policy
 
@@ -131,6 +132,23 @@ def test_grad_variance_is_trace_of_sample_covariance_over_n():
     g = rng.normal(size=(7, 5))
     expected = np.trace(np.cov(g, rowvar=False, ddof=1)) / 7
     assert grad_variance(torch.from_numpy(g)) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 10, 50, 257])
+@pytest.mark.parametrize("columns", [8, 10, 130, 4610])
+def test_welford_variance_equals_torch_var_bit_for_bit(n, columns):
+    """grad_variance's fast path keeps the numbers torch.var(dim=0) gave, to the last bit
+    (the same recurrence), over scales from 1e-8 to 1e4 and with a large common offset."""
+    rng = np.random.default_rng(n * 10_000 + columns)
+    for scale in (1e-8, 1.0, 1e4):
+        g = rng.normal(size=(n, columns)) * scale + rng.normal(size=(1, columns)) * 3 * scale
+        assert torch.equal(
+            torch.from_numpy(welford_variance(g)), torch.from_numpy(g).var(dim=0, unbiased=True)
+        )
+    g[1, 3], g[0, 5] = np.nan, np.inf  # non-finite values propagate as NaN, as in torch
+    got, want = welford_variance(g), torch.from_numpy(g).var(dim=0).numpy()
+    assert np.isnan(got[3]) and np.isnan(got[5])
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
 
 
 def test_bad_inputs_raise_value_error():

@@ -240,6 +240,29 @@ def test_stacked_updates_share_calls_and_when_they_happen_changes_no_number(monk
             assert _same(a, b), (spec, wait, share)
 
 
+def test_runs_waiting_longer_than_an_episode_keep_their_steps(monkeypatch):
+    # A waiting run's steps stay in the ring buffers until its update reads them. With a
+    # 12-step time limit (most episodes are cut) and waits of up to 40 vector steps (the
+    # adam run updates at once and keeps playing, so the others wait the longest), a
+    # buffer sized to one episode would be overwritten while runs wait: the batch's
+    # numbers would then differ from the lone runs'.
+    from pglab.gym import lockstep
+
+    specs = [
+        dict(n=1, step_size=1e-2, seed=0),
+        dict(n=2, step_size=1e-2, seed=1),
+        dict(n=3, step_size=1e-3, seed=6, estimator="reward_to_go"),
+        dict(n=2, step_size=1e-3, seed=2, optimizer="adam"),  # never waits: the others do
+    ]
+    alone = [train_lockstep([_run(**spec, steps=400)], max_episode_steps=12)[0] for spec in specs]
+    assert any(not row["return_max"] < 12 for row in alone[0].history)  # cut at the limit
+    monkeypatch.setattr(lockstep, "MAX_WAIT", 40)
+    monkeypatch.setattr(lockstep, "FLUSH_SHARE", 1.0)
+    together = train_lockstep([_run(**spec, steps=400) for spec in specs], max_episode_steps=12)
+    for a, b, spec in zip(alone, together, specs, strict=True):
+        assert _same(a, b), spec
+
+
 def test_every_gym_estimator_discount_and_policy_shape_stacks_bit_identically():
     # Runs that differ in estimator, gamma, N, step size, policy shape (linear, 64-64) and
     # dtype share stacked updates (weights computed in shared estimator calls) and still

@@ -59,8 +59,10 @@ alone (R = 1, which is how the CartPole app plays a single run):
 one by one with :class:`pglab.gym.rollouts.RolloutCollector`).
 
 Cost per vector step: one ``matmul`` per layer over all runs, one comparison, one step of
-the R x M copies and a few numpy copies into a ring buffer of the last
-``max_episode_steps`` steps; per finished batch, its packing and its share of an update.
+the R x M copies and a few numpy copies into ring buffers of the last
+``max_episode_steps + MAX_WAIT`` steps (a waiting run's steps stay there until its update);
+per update, one gather of every waiting run's steps out of the buffers and the run's share
+of a stacked call.
 Failures are per run: a run whose update raises (or whose callback does) leaves the batch
 with that error and the others go on; a diverged run ends as ``diverged`` as in ``train``.
 """
@@ -389,22 +391,40 @@ def stacks_updates(config: TrainConfig, policy: CategoricalPolicy) -> bool:
 
 @dataclass
 class _Finished:
-    """A run's finished batch as its real steps (episode-major), awaiting its update."""
+    """A run's finished batch awaiting its update; its steps are still in the ring buffers
+    (vector steps ``started .. ended``, the run's first N copies) and are read, for every
+    waiting run at once, when the update comes (:class:`_Steps`)."""
+
+    lengths: np.ndarray  # [N] int64, its episodes' lengths
+    started: int  # the vector step the batch began at
+    ended: int  # the vector step its last episode ended at
+    total_steps: int  # copies x vector steps the batch took
+    variance: float
+    real_steps: int  # sum of lengths
+
+
+@dataclass
+class _Steps:
+    """The real steps of several waiting runs, run after run, episode-major: ``[S]`` rows.
+
+    Run ``rs[j]``'s steps are rows ``first_step[j] : first_step[j] + n_steps[j]`` and its
+    episodes ``first_episode[j] : ...`` of ``returns``."""
 
     observations: np.ndarray  # [S, obs_dim]
     actions: np.ndarray  # [S]
     rewards: np.ndarray  # [S]
-    episode: np.ndarray  # [S] the episode of each step
+    episode: np.ndarray  # [S] the step's episode within its run
     t_index: np.ndarray  # [S] the step's time within its episode
-    returns: tuple[float, float, float, float]  # mean, median, min, max
-    length_mean: float
-    total_steps: int  # copies x vector steps the batch took
-    variance: float
-    ended: int  # the vector step its last episode ended at
+    returns: np.ndarray  # [E] float64, each episode's return (E: all runs' episodes)
+    first_step: dict[int, int]  # run -> its first row
+    first_episode: dict[int, int]  # run -> its first episode in ``returns``
 
-    @property
-    def real_steps(self) -> int:
-        return int(self.actions.shape[0])
+    def rows_of(self, rs: Sequence[int], n_steps: Sequence[int]) -> np.ndarray:
+        """The rows of runs ``rs`` (with ``n_steps`` real steps each), run after run."""
+        counts = np.asarray(n_steps, dtype=np.int64)
+        starts = np.array([self.first_step[r] for r in rs], dtype=np.int64)
+        before = np.cumsum(counts) - counts
+        return np.repeat(starts - before, counts) + np.arange(int(counts.sum()))
 
 
 def _return_stats(returns: np.ndarray) -> tuple[float, float, float, float]:
@@ -447,8 +467,9 @@ def _play(
         except Exception as error:  # a run that cannot even start leaves the batch
             outcomes[r] = error
 
-    # Ring buffers over the last `cap` vector steps (a batch spans at most time_limit).
-    cap = time_limit + 1
+    # Ring buffers over the last `cap` vector steps: a batch spans at most time_limit of
+    # them and then waits at most MAX_WAIT more for its update, which reads it from here.
+    cap = time_limit + MAX_WAIT + 1
     obs_log = np.zeros((cap, n_copies, obs_dim), dtype=np.float32)
     act_log = np.zeros((cap, n_copies), dtype=np.int64)
     rew_log = np.zeros((cap, n_copies), dtype=np.float32)
@@ -528,24 +549,19 @@ def _play(
                 stack.load_many([r])
                 next_or_stop(r, step + 1)
                 return
-            waiting[r] = pack(r, step)
+            waiting[r] = finished(r, step)
             playing[r] = False
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as error:
             stop(r, error)
 
-    def pack(r: int, step: int) -> _Finished:
+    def finished(r: int, step: int) -> _Finished:
+        """Run r's batch ended at vector step ``step``: what its update needs besides the
+        steps themselves (which stay in the ring buffers until then)."""
         config, learner = runs[r].config, learners[r]
         assert learner is not None
-        cols = slice(r * m, r * m + ns[r])
-        lens = lengths[cols].copy()
-        n_steps = int(lens.sum())
-        firsts = np.cumsum(lens) - lens  # where each episode starts in the packed rows
-        t_index = np.arange(n_steps) - np.repeat(firsts, lens)
-        rows = (started[r] + t_index) % cap
-        columns = np.repeat(np.arange(cols.start, cols.stop), lens)
-        rewards = rew_log[rows, columns]
+        lens = lengths[r * m : r * m + ns[r]].copy()
         variance = math.nan
         every = config.variance_every
         if every > 0 and learner.iteration % every == 0 and ns[r] >= 2:
@@ -553,54 +569,76 @@ def _play(
             psi = estimators.step_weights(batch.rewards, batch.mask, config.estimator, config.gamma)
             variance = grad_variance(per_episode_gradients(runs[r].policy, batch, psi))
         return _Finished(
+            lengths=lens,
+            started=int(started[r]),
+            ended=step,
+            total_steps=int(step - started[r] + 1) * ns[r],
+            variance=variance,
+            real_steps=int(lens.sum()),
+        )
+
+    def gather(rs: list[int]) -> _Steps:
+        """The real steps of waiting runs ``rs`` out of the ring buffers, in one gather."""
+        lens = np.concatenate([waiting[r].lengths for r in rs])  # [E]
+        counts = np.array([ns[r] for r in rs], dtype=np.int64)
+        e_started = np.repeat(np.array([waiting[r].started for r in rs]), counts)
+        e_column = np.concatenate([np.arange(r * m, r * m + ns[r]) for r in rs])
+        e_local = np.concatenate([np.arange(ns[r]) for r in rs])
+        e_first = np.cumsum(lens) - lens  # each episode's first row
+        t_index = np.arange(int(lens.sum())) - np.repeat(e_first, lens)
+        rows = (np.repeat(e_started, lens) + t_index) % cap
+        columns = np.repeat(e_column, lens)
+        rewards = rew_log[rows, columns]
+        run_episodes = np.cumsum(counts) - counts
+        return _Steps(
             observations=obs_log[rows, columns],
             actions=act_log[rows, columns],
             rewards=rewards,
-            episode=np.repeat(np.arange(ns[r]), lens),
+            episode=np.repeat(e_local, lens),
             t_index=t_index,
-            returns=_return_stats(np.add.reduceat(rewards, firsts).astype(np.float64)),
-            length_mean=float(lens.mean()),
-            total_steps=int(step - started[r] + 1) * ns[r],
-            variance=variance,
-            ended=step,
+            returns=np.add.reduceat(rewards, e_first).astype(np.float64),
+            first_step={r: int(e_first[e]) for r, e in zip(rs, run_episodes, strict=True)},
+            first_episode={r: int(e) for r, e in zip(rs, run_episodes, strict=True)},
         )
 
-    def step_weights(rs: list[int]) -> dict[int, np.ndarray]:
-        """Psi of each waiting run's real steps ``[S]``: one ``estimators.step_weights`` call
-        per (estimator, gamma, N, T). T is the time limit for the return-based estimators
+    def step_weights(rs: list[int], steps: _Steps) -> np.ndarray:
+        """Psi of every row of ``steps`` ``[S]``: one ``estimators.step_weights`` call per
+        (estimator, gamma, N, T). T is the time limit for the return-based estimators
         (one vectorised sum over T) and the longest episode rounded up to
         :func:`stacked.padded_steps` for the others (a loop over T); either way a function
         of the run's own batch, and every operation is row-wise, so a run's weights do not
         depend on which runs share the call."""
         groups: dict[tuple, list[int]] = {}
         for r in rs:
-            config, done = runs[r].config, waiting[r]
+            config = runs[r].config
             if config.estimator in estimators.RETURN_ESTIMATORS:
                 horizon = full_horizon
             else:
-                horizon = stacked.padded_steps(int(done.t_index.max()) + 1)
+                horizon = stacked.padded_steps(int(waiting[r].lengths.max()))
             key = (config.estimator, config.gamma, ns[r], horizon)
             groups.setdefault(key, []).append(r)
-        out: dict[int, np.ndarray] = {}
+        psi = np.zeros(steps.rewards.shape, dtype=np.float32)
         for (estimator, gamma, n, horizon), members in groups.items():
+            n_steps = [waiting[r].real_steps for r in members]
+            rows = steps.rows_of(members, n_steps)
+            run = np.repeat(np.arange(len(members)), n_steps)
+            where = (run, steps.episode[rows], steps.t_index[rows])
             rewards = np.zeros((len(members), n, horizon), dtype=np.float32)
             mask = np.zeros(rewards.shape, dtype=np.bool_)
-            for j, r in enumerate(members):
-                done = waiting[r]
-                rewards[j, done.episode, done.t_index] = done.rewards
-                mask[j, done.episode, done.t_index] = True
+            rewards[where] = steps.rewards[rows]
+            mask[where] = True
             weights = estimators.step_weights(
                 torch.from_numpy(rewards), torch.from_numpy(mask), estimator, gamma
             ).numpy()
-            for j, r in enumerate(members):
-                done = waiting[r]
-                out[r] = weights[j, done.episode, done.t_index]
-        return out
+            psi[rows] = weights[where]
+        return psi
 
     def update_waiting(step: int) -> None:
         """Update every waiting run, stacked by padded row count, and start their next batch."""
+        rs = list(waiting)
         try:
-            weights = step_weights(list(waiting))
+            steps = gather(rs)
+            weights = step_weights(rs, steps)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as error:
@@ -614,22 +652,23 @@ def _play(
         for rows, group in sorted(by_rows.items()):
             chunk = max(1, MAX_STACKED_ROWS // rows)
             for i in range(0, len(group), chunk):
-                update_stacked(group[i : i + chunk], rows, weights, step)
+                update_stacked(group[i : i + chunk], rows, steps, weights, step)
         waiting.clear()
 
-    def update_stacked(rs: list[int], rows: int, psi: dict[int, np.ndarray], step: int) -> None:
+    def update_stacked(rs: list[int], rows: int, steps: _Steps, psi: np.ndarray, step: int) -> None:
         k, dtype = len(rs), stack.dtype
+        n_steps = [waiting[r].real_steps for r in rs]
+        source = steps.rows_of(rs, n_steps)
+        run = np.repeat(np.arange(k), n_steps)
+        where = (run, np.arange(source.shape[0]) - np.repeat(np.cumsum(n_steps) - n_steps, n_steps))
         observations = np.zeros((k, rows, obs_dim), dtype=np.float32)
         actions = np.zeros((k, rows), dtype=np.int64)
         weights = np.zeros((k, rows), dtype=np.float32)
         real = np.zeros((k, rows), dtype=np.float32)
-        for j, r in enumerate(rs):
-            done = waiting[r]
-            s = done.real_steps
-            observations[j, :s] = done.observations
-            actions[j, :s] = done.actions
-            weights[j, :s] = psi[r]
-            real[j, :s] = 1.0
+        observations[where] = steps.observations[source]
+        actions[where] = steps.actions[source]
+        weights[where] = psi[source]
+        real[where] = 1.0
         configs = [runs[r].config for r in rs]
         iterations = [learners[r].iteration for r in rs]  # type: ignore[union-attr]
         batch = stacked.StackedBatch(
@@ -660,11 +699,12 @@ def _play(
             learner, done = learners[r], waiting[r]
             assert learner is not None
             loss, grad_norm, entropy, frac_det, kl, step_norm, finite = values
+            first = steps.first_episode[r]
             try:
                 learner.count_steps(done.real_steps, done.total_steps)
                 learner.record(
-                    returns=done.returns,
-                    length_mean=done.length_mean,
+                    returns=_return_stats(steps.returns[first : first + ns[r]]),
+                    length_mean=float(done.lengths.mean()),
                     loss=loss,
                     grad_norm=grad_norm,
                     entropy=entropy,

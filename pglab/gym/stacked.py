@@ -216,7 +216,8 @@ def pg_step(
     with torch.no_grad():
         log_pi, inputs, pre = _forward(flat, layout, batch.observations, activation)
         pi = log_pi.exp()
-        chosen = torch.nn.functional.one_hot(batch.actions, log_pi.shape[-1]).to(dtype)
+        # 1[a = a_m] [k, P, A] (one_hot without its range checks, which cost more here)
+        chosen = torch.zeros_like(log_pi).scatter_(-1, batch.actions.unsqueeze(-1), 1.0)
         coef = batch.weights / batch.n_trajectories.view(-1, 1)  # Psi_m / N
         loss = -(coef * (log_pi * chosen).sum(-1)).sum(1)  # [k]
         grad_z = (pi - chosen) * coef.unsqueeze(-1)  # dL/dlogits [k, P, A]
@@ -229,14 +230,21 @@ def pg_step(
                 grad_h = torch.bmm(grad_z, weights[i].transpose(1, 2))
                 grad_z = _activation_backward(grad_h, pre[i - 1], inputs[i], activation)
         grad = torch.cat(parts[::-1], dim=1)  # [k, n] in the layout's order
-        grad = torch.where(batch.poison.view(-1, 1), torch.nan, grad)
+        if bool(batch.poison.any()):
+            grad = torch.where(batch.poison.view(-1, 1), torch.nan, grad)
         finite = torch.isfinite(loss) & all_finite(grad)
+        # The selections below only matter for a run that is not finite; when every run
+        # is, they are skipped (the same values, fewer calls).
+        every = bool(finite.all())
         grad_norm = torch.linalg.vector_norm(grad, dim=1)
 
         # theta' = theta - alpha * grad L, only where the loss and gradient are finite
         apply = finite.view(-1, 1)
-        new = torch.where(apply, flat - batch.step_size.view(-1, 1) * grad, flat)
-        step_norm = torch.where(finite, torch.linalg.vector_norm(new - flat, dim=1), torch.nan)
+        new = flat - batch.step_size.view(-1, 1) * grad
+        step_norm = torch.linalg.vector_norm(new - flat, dim=1)
+        if not every:
+            new = torch.where(apply, new, flat)
+            step_norm = torch.where(finite, step_norm, torch.nan)
         finite &= all_finite(new)
 
         entropy = (torch.special.entr(pi).sum(-1) * real).sum(1) / count
@@ -245,7 +253,9 @@ def pg_step(
 
         log_pi_new, _, _ = _forward(new, layout, batch.observations, activation)
         terms = torch.where(pi > 0, pi * (log_pi - log_pi_new), 0.0).sum(-1)
-        kl = torch.where(finite, (terms * real).sum(1) / count, torch.nan)
+        kl = (terms * real).sum(1) / count
+        if not bool(finite.all()):
+            kl = torch.where(finite, kl, torch.nan)
 
         numbers = torch.stack(
             [loss, grad_norm, entropy, frac_det, kl, step_norm, finite.to(dtype)], dim=1
