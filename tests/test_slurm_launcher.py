@@ -6,6 +6,8 @@ without one these tests skip with the reason.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -109,10 +111,12 @@ def test_batched_sweep_on_slurm_runs_its_shards_as_slurm_jobs_with_the_same_numb
 
 
 def test_a_batched_slurm_shard_that_dies_fails_its_jobs_and_a_rerun_does_them(tmp_path):
-    # Two jobs in two shards; the second shard's SLURM job is cancelled while it trains
-    # (scancel, as a timeout or a lost node would end it). Its job ends failed, the other
-    # shard's job lands, the sweep exits non-zero, and the same command then does only
-    # the missing job.
+    # Two jobs in two shards; the second shard's process is killed (SIGKILL: a lost node or
+    # the OOM killer, no warning) as soon as its job is open, while it trains (~5 s). Its
+    # job ends failed, the other shard's job lands, the sweep exits non-zero, and the same
+    # command then does only the missing job. (scancel would not do: SLURM cancels a step
+    # with SIGTERM, which submitit ignores, and sends SIGKILL KillWait = 5 s later, by
+    # which time a job this short may have finished.)
     args = (
         "-m",
         *BATCHED_SLURM,
@@ -134,18 +138,31 @@ def test_a_batched_slurm_shard_that_dies_fails_its_jobs_and_a_rerun_does_them(tm
     victim, deadline = None, time.monotonic() + 120
     while victim is None and time.monotonic() < deadline and proc.poll() is None:
         queue = subprocess.run(
-            ["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True
+            ["squeue", "-h", "-o", "%i %A %T"], capture_output=True, text=True
         ).stdout.split("\n")
-        running = [line.split()[0] for line in queue if line.endswith(" RUNNING")]
-        victim = next((job for job in running if job.endswith("_1")), None)
+        # (array task, its job id) of the running shards; the second shard is task _1
+        running = [line.split()[:2] for line in queue if line.endswith(" RUNNING")]
+        victim = next((job for task, job in running if task.endswith("_1")), None)
         time.sleep(0.2)
     assert victim is not None, "the second shard never ran"
-    time.sleep(2.0)  # let it open its job and start training
-    subprocess.run(["scancel", victim], check=True)
+    sweep = tmp_path / "multirun" / "cartpole" / "dies"
+    opened, deadline = False, time.monotonic() + 120
+    while not opened and time.monotonic() < deadline and proc.poll() is None:
+        metas = [storage.read_metadata(p) for p in sweep.glob("*n_trajectories=2*/")]
+        opened = any(meta and meta.get("status") == "running" for meta in metas)
+        time.sleep(0.05)
+    assert opened, "the second shard's job never opened"
+    # the shard's own process: step 0 of its SLURM job (the batch script is step "batch")
+    listed = subprocess.run(
+        ["scontrol", "listpids", victim], capture_output=True, text=True, check=True
+    ).stdout.split("\n")[1:]
+    pids = [int(row.split()[0]) for row in listed if row.split()[2:3] == ["0"]]
+    assert pids, listed
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode != 0, out
     assert "1 done" in out and "1 failed" in out, out + err[-3000:]
-    sweep = tmp_path / "multirun" / "cartpole" / "dies"
     finished = [p.parent for p in sweep.rglob("metadata.json") if storage.is_finished(p.parent)]
     assert len(finished) == 1
     again = run_app("cartpole.py", *args, timeout=300)
