@@ -540,7 +540,7 @@ def _play(
 
     def finish_batch(r: int, step: int) -> None:
         """Run r's N episodes all ended at vector step ``step``: learn now (its own
-        Learner), or pack the batch to wait for a stacked update."""
+        Learner), or note what it needs to wait for a stacked update."""
         learner = learners[r]
         assert learner is not None
         try:
