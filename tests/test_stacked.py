@@ -57,6 +57,30 @@ def test_a_runs_step_is_bit_identical_alone_and_in_any_stack(activation):
             assert torch.equal(full[1][3], out[1][j]), (activation, rows, index)
 
 
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("rows", [64, 192, 1024])
+def test_the_numpy_route_takes_the_torch_routes_step(activation, rows):
+    # tanh and relu policies step in numpy; the torch route (every other activation) is
+    # the same maths. New parameters and numbers agree to float32 rounding (rtol 1e-5:
+    # sums of up to ~1e3 terms of relative error 6e-8 each, in other orders), and the
+    # non-finite cases end the same way: a poisoned run keeps its parameters (finite 0,
+    # NaN norms and KL), an overflowing step reports finite 0 with its new parameters.
+    fn = ACTIVATIONS[activation]
+    flat, layout, batch = _random_batch(6, rows, hidden=(16, 10), seed=rows + 1)
+    batch.poison[1] = True
+    batch.step_size[2] = 3e38
+    new_np, numbers_np = stacked.pg_step(flat, layout, batch, fn)
+    new_t, numbers_t = stacked._pg_step_torch(flat, layout, batch, fn)
+    finite = numbers_t[:, 6] == 1.0
+    assert finite.tolist() == [True, False, False, True, True, True]
+    assert torch.equal(numbers_np[:, 6], numbers_t[:, 6])
+    assert torch.equal(torch.isnan(numbers_np), torch.isnan(numbers_t))
+    assert torch.allclose(numbers_np.nan_to_num(), numbers_t.nan_to_num(), rtol=1e-5, atol=1e-7)
+    assert torch.equal(new_np[1], flat[1]) and not torch.isfinite(new_np[2]).all()
+    keep = [0, 1, 3, 4, 5]
+    assert torch.allclose(new_np[keep], new_t[keep], rtol=1e-5, atol=1e-7)
+
+
 def test_odd_hidden_widths_stay_bit_identical():
     # width 10: a run's block of P x 10 values is still a multiple of 64 (P is)
     flat, layout, batch = _random_batch(5, 128, hidden=(10,), seed=1)

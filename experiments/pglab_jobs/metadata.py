@@ -37,8 +37,10 @@ _LEGACY_NON_SEMANTIC_KEYS = tuple(k for k in NON_SEMANTIC_KEYS if k != "threads"
 #: app's stamp (``numerics``), and resume reuses a finished job only if its stamp is the
 #: current one, so a resumed sweep never mixes results of two versions of the code. Apps
 #: without an entry record ``None`` (their numbers have not changed since stamps began).
-#: cartpole: the lock-step forward and the stacked step's tanh moved to numpy.
-NUMERICS: dict[str, str] = {"cartpole": "2026-12-02 numpy lock-step"}
+#: cartpole: "2026-12-02 numpy lock-step": the lock-step forward and the stacked step's
+#: tanh moved to numpy; "2026-12-02b numpy stacked step": the whole stacked step of tanh
+#: and relu policies moved to numpy (its sums run in other orders: other last bits).
+NUMERICS: dict[str, str] = {"cartpole": "2026-12-02b numpy stacked step"}
 
 
 def numerics_problem(meta: dict[str, Any]) -> str | None:

@@ -40,6 +40,15 @@ other runs. Three rules make that hold (tested in ``tests/test_stacked.py``):
   The step itself is a multiplication and a subtraction (each correctly rounded; no
   fused multiply-add).
 
+tanh and relu policies (the ones the presets use) take the same step in numpy instead
+(:func:`_pg_step_numpy`): the same formulas, one numpy call where torch made one, at a
+fifth to a half of the cost per call for the small calls lock-step makes most (measured:
+0.31 against 0.59 ms for 3 runs of 64 rows, 1.05 against 2.03 ms for 8 runs of 128; equal
+from ~1024 rows); ``numpy.matmul`` calls the BLAS once per slice, reductions run within
+a slice, and numpy's exp, log and tanh give an element the same bits wherever it sits,
+so the rules above hold there too, without the 64-value blocks (tested the same way).
+Which route a run takes depends on its activation only.
+
 Non-finite values are per run: a run whose loss or gradient is not finite keeps its
 parameters (``finite`` 0), one whose new parameters are not finite reports ``finite`` 0
 with the new parameters (as the Learner does), and neither disturbs the others.
@@ -205,6 +214,129 @@ def pg_step(
     ``flat`` ``[k, n]`` (:class:`Layout`) is not modified. ``numbers`` (float64) has the
     columns of :data:`NUMBERS`; ``kl`` and ``step_norm`` are NaN for a run whose update was
     not applied, ``finite`` is 1.0 or 0.0 (loss, gradient and new parameters all finite).
+    tanh and relu run in numpy (:func:`_pg_step_numpy`), other activations in torch
+    (:func:`_pg_step_torch`); the maths is the same.
+    """
+    if activation is torch.tanh or activation is torch.relu:
+        new, numbers = _pg_step_numpy(
+            flat.numpy(),
+            layout,
+            batch.observations.numpy(),
+            batch.actions.numpy(),
+            batch.weights.numpy(),
+            batch.real.numpy(),
+            batch.n_trajectories.numpy(),
+            batch.step_size.numpy(),
+            batch.threshold.numpy(),
+            batch.poison.numpy(),
+            "tanh" if activation is torch.tanh else "relu",
+        )
+        return torch.from_numpy(new), torch.from_numpy(numbers)
+    return _pg_step_torch(flat, layout, batch, activation)
+
+
+def _numpy_forward(
+    weights: list[np.ndarray], biases: list[np.ndarray], x: np.ndarray, activation: str
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """``(log pi [k, P, A], layer inputs, hidden outputs)`` in numpy (see :func:`_forward`)."""
+    inputs, outputs = [], []
+    last = len(weights) - 1
+    for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+        inputs.append(x)
+        z = np.matmul(x, w)
+        z += b
+        if i < last:
+            x = np.tanh(z, out=z) if activation == "tanh" else np.maximum(z, 0, out=z)
+            outputs.append(x)
+        else:
+            x = z
+    shifted = x - x.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True)), inputs, outputs
+
+
+def _numpy_views(flat: np.ndarray, layout: Layout) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    k = flat.shape[0]
+    weights = [flat[:, a : a + i * o].reshape(k, i, o) for a, i, o, _ in layout.slices]
+    biases = [flat[:, b : b + o].reshape(k, 1, o) for _, _, o, b in layout.slices]
+    return weights, biases
+
+
+def _pg_step_numpy(
+    flat: np.ndarray,
+    layout: Layout,
+    observations: np.ndarray,
+    actions: np.ndarray,
+    psi: np.ndarray,
+    real: np.ndarray,
+    n_trajectories: np.ndarray,
+    step_size: np.ndarray,
+    threshold: np.ndarray,
+    poison: np.ndarray,
+    activation: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_pg_step_torch` in numpy, for a tanh or relu policy (arrays as the fields of
+    :class:`StackedBatch`; ``flat`` ``[k, n]``). Returns ``(new [k, n], numbers [k, 7])``."""
+    k = flat.shape[0]
+    count = real.sum(1)
+    with np.errstate(all="ignore"):  # non-finite values are reported per run, not raised
+        weights, biases = _numpy_views(flat, layout)
+        log_pi, inputs, outputs = _numpy_forward(weights, biases, observations, activation)
+        pi = np.exp(log_pi)
+        chosen = np.zeros_like(log_pi)  # 1[a = a_m]
+        np.put_along_axis(chosen, actions[..., None], 1.0, axis=-1)
+        coef = psi / n_trajectories[:, None]  # Psi_m / N
+        loss = -(coef * (log_pi * chosen).sum(-1)).sum(1)  # [k]
+        grad_z = (pi - chosen) * coef[..., None]  # dL/dlogits [k, P, A]
+        parts: list[np.ndarray] = []
+        for i in range(len(weights) - 1, -1, -1):
+            parts.append(grad_z.sum(1))  # dL/db_i [k, out]
+            parts.append(np.matmul(inputs[i].transpose(0, 2, 1), grad_z).reshape(k, -1))
+            if i > 0:
+                grad_h = np.matmul(grad_z, weights[i].transpose(0, 2, 1))
+                out = outputs[i - 1]
+                if activation == "tanh":
+                    grad_z = grad_h * (1 - out * out)  # tanh' = 1 - tanh^2
+                else:
+                    grad_z = np.where(out > 0, grad_h, 0)
+        grad = np.concatenate(parts[::-1], axis=1)  # [k, n] in the layout's order
+        if poison.any():
+            grad[poison] = np.nan
+        finite = np.isfinite(loss) & np.isfinite(grad).all(1)
+        grad_norm = np.sqrt((grad * grad).sum(1))
+
+        # theta' = theta - alpha * grad L, only where the loss and gradient are finite
+        new = flat - step_size[:, None] * grad
+        change = new - flat
+        step_norm = np.sqrt((change * change).sum(1))
+        if not finite.all():
+            new = np.where(finite[:, None], new, flat)
+            step_norm = np.where(finite, step_norm, np.nan)
+        finite &= np.isfinite(new).all(1)
+
+        entropy = -pi * np.log(pi)  # H = -sum_a pi log pi, with 0 log 0 = 0
+        entropy[pi == 0] = 0
+        near = pi.max(-1) >= threshold[:, None]
+        new_weights, new_biases = _numpy_views(new, layout)
+        log_pi_new, _, _ = _numpy_forward(new_weights, new_biases, observations, activation)
+        terms = np.where(pi > 0, pi * (log_pi - log_pi_new), 0)
+        per_state = np.stack([entropy.sum(-1), near.astype(flat.dtype), terms.sum(-1)], 1)
+        means = (per_state * real[:, None]).sum(-1) / count[:, None]  # [k, 3] over real states
+        kl = means[:, 2]
+        if not finite.all():
+            kl = np.where(finite, kl, np.nan)
+        numbers = np.stack(
+            [loss, grad_norm, means[:, 0], means[:, 1], kl, step_norm, finite], axis=1
+        ).astype(np.float64)
+    return new, numbers
+
+
+def _pg_step_torch(
+    flat: Tensor,
+    layout: Layout,
+    batch: StackedBatch,
+    activation: Callable[[Tensor], Tensor],
+) -> tuple[Tensor, Tensor]:
+    """:func:`pg_step` in torch (any activation).
 
     The gradient is the surrogate's, by hand (one backward pass through the layers):
     dL/dl_{m,a} = (Psi_m / N) (pi(a|s_m) - 1[a = a_m]); per layer dL/dW = input^T dL/dz,
