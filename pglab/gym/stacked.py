@@ -35,9 +35,7 @@ other runs. Three rules make that hold (tested in ``tests/test_stacked.py``):
   of these is again per-slice ``bmm`` and ``sum``.
 * **Whole vectors for element-wise transcendentals** (tanh, exp, log): a run's block of
   ``P x width`` values is a multiple of 64, so torch's vectorised loop covers every value
-  and no value falls in the scalar tail, whose last bits can differ. (tanh, the default
-  activation, runs through numpy instead: ~7x faster here, and position-independent.)
-  The step itself is a multiplication and a subtraction (each correctly rounded; no
+  and no value falls in the scalar tail, whose last bits can differ. The step itself is a multiplication and a subtraction (each correctly rounded; no
   fused multiply-add).
 
 tanh and relu policies (the ones the presets use) take the same step in numpy instead
@@ -59,6 +57,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -94,6 +93,10 @@ NUMBERS: tuple[str, ...] = (
 )
 
 
+#: A tensor or a numpy array (:meth:`Layout.views` serves both).
+ArrayT = TypeVar("ArrayT", Tensor, np.ndarray)
+
+
 def padded_steps(n_steps: int) -> int:
     """P: the rows a batch of ``n_steps`` real steps occupies (the next rung of
     :data:`ROW_LADDER`, beyond it the next multiple of :data:`ROW_STEP`)."""
@@ -121,11 +124,11 @@ class Layout:
             offset += w_in * w_out + w_out
         self.size = offset
 
-    def views(self, flat: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """``(weights_t, biases)`` views of ``flat [k, n]``."""
+    def views(self, flat: ArrayT) -> tuple[list[ArrayT], list[ArrayT]]:
+        """``(weights_t, biases)`` views of ``flat [k, n]`` (a tensor or a numpy array)."""
         k = flat.shape[0]
-        weights = [flat[:, a : a + i * o].view(k, i, o) for a, i, o, _ in self.slices]
-        biases = [flat[:, b : b + o].view(k, 1, o) for _, _, o, b in self.slices]
+        weights = [flat[:, a : a + i * o].reshape(k, i, o) for a, i, o, _ in self.slices]
+        biases = [flat[:, b : b + o].reshape(k, 1, o) for _, _, o, b in self.slices]
         return weights, biases
 
 
@@ -175,28 +178,15 @@ def _forward(
         x = torch.baddbmm(b, x, w)
         if i < last:
             pre.append(x)
-            x = _activate(x, activation)
+            x = activation(x)
     return torch.log_softmax(x, dim=-1), inputs, pre
 
 
-def _activate(x: Tensor, activation: Callable[[Tensor], Tensor]) -> Tensor:
-    """``activation(x)``; tanh through numpy, whose float32 tanh runs ~7x faster than
-    torch's here (0.5 against 3.5 ns an element) and gives every element the same bits
-    wherever it sits (tested in ``tests/test_lockstep.py``)."""
-    if activation is torch.tanh:
-        return torch.from_numpy(np.tanh(x.numpy()))
-    return activation(x)
-
-
 def _activation_backward(
-    grad: Tensor, pre: Tensor, out: Tensor, activation: Callable[[Tensor], Tensor]
+    grad: Tensor, pre: Tensor, activation: Callable[[Tensor], Tensor]
 ) -> Tensor:
-    """dL/d(pre-activation) from dL/d(activation output): tanh in one fused call
-    (grad (1 - out^2)), relu as a mask, any other activation through autograd."""
-    if activation is torch.tanh:
-        return torch.ops.aten.tanh_backward(grad, out)
-    if activation is torch.relu:
-        return torch.where(pre > 0, grad, 0.0)
+    """dL/d(pre-activation) from dL/d(activation output), through autograd (tanh and relu,
+    whose derivatives are written out, take the numpy route)."""
     with torch.enable_grad():
         z = pre.detach().requires_grad_(True)
         (result,) = torch.autograd.grad(activation(z), z, grad)
@@ -254,13 +244,6 @@ def _numpy_forward(
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True)), inputs, outputs
 
 
-def _numpy_views(flat: np.ndarray, layout: Layout) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    k = flat.shape[0]
-    weights = [flat[:, a : a + i * o].reshape(k, i, o) for a, i, o, _ in layout.slices]
-    biases = [flat[:, b : b + o].reshape(k, 1, o) for _, _, o, b in layout.slices]
-    return weights, biases
-
-
 def _pg_step_numpy(
     flat: np.ndarray,
     layout: Layout,
@@ -279,7 +262,7 @@ def _pg_step_numpy(
     k = flat.shape[0]
     count = real.sum(1)
     with np.errstate(all="ignore"):  # non-finite values are reported per run, not raised
-        weights, biases = _numpy_views(flat, layout)
+        weights, biases = layout.views(flat)
         log_pi, inputs, outputs = _numpy_forward(weights, biases, observations, activation)
         pi = np.exp(log_pi)
         chosen = np.zeros_like(log_pi)  # 1[a = a_m]
@@ -316,7 +299,7 @@ def _pg_step_numpy(
         entropy = -pi * np.log(pi)  # H = -sum_a pi log pi, with 0 log 0 = 0
         entropy[pi == 0] = 0
         near = pi.max(-1) >= threshold[:, None]
-        new_weights, new_biases = _numpy_views(new, layout)
+        new_weights, new_biases = layout.views(new)
         log_pi_new, _, _ = _numpy_forward(new_weights, new_biases, observations, activation)
         terms = np.where(pi > 0, pi * (log_pi - log_pi_new), 0)
         per_state = np.stack([entropy.sum(-1), near.astype(flat.dtype), terms.sum(-1)], 1)
@@ -360,7 +343,7 @@ def _pg_step_torch(
             parts.append(torch.bmm(inputs[i].transpose(1, 2), grad_z).flatten(1))  # dL/dW_i^T
             if i > 0:
                 grad_h = torch.bmm(grad_z, weights[i].transpose(1, 2))
-                grad_z = _activation_backward(grad_h, pre[i - 1], inputs[i], activation)
+                grad_z = _activation_backward(grad_h, pre[i - 1], activation)
         grad = torch.cat(parts[::-1], dim=1)  # [k, n] in the layout's order
         if bool(batch.poison.any()):
             grad = torch.where(batch.poison.view(-1, 1), torch.nan, grad)
