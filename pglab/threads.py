@@ -10,22 +10,32 @@ job hash.
 
 pglab therefore computes with one thread:
 
-* torch: every public entry point that reduces or multiplies (the exact oracle, the
-  tabular estimates and ascent, rollouts, training, gradient quality) runs under
-  :func:`thread_invariant`, which sets ``torch.set_num_threads(1)`` for the call and puts
-  the caller's setting back afterwards. Measured on the zoo and CartPole, one thread is
-  also the fastest (the tensors are small; a second thread costs more than it saves).
-* numpy: :mod:`pglab.stats` calls no BLAS/LAPACK routine that threads (``np.einsum``
-  instead of ``@``, its own tridiagonalisation for the one eigenvector it needs); the
-  samplers use element-wise numpy only. Lock-step's policy forward
-  (:meth:`pglab.gym.lockstep.PolicyStack.logits`) is a stacked ``np.matmul``, one OpenBLAS
-  gemm per run, which threads on large slices; OpenBLAS splits the output, not the sum,
-  so its bits do not depend on the thread count (tested with 1 and 2 threads).
+* Every public entry point that reduces or multiplies (the exact oracle, the tabular
+  estimates and ascent, rollouts, training, lock-step training and its stacked step,
+  gradient quality) runs under :func:`thread_invariant`, which for the call sets torch's
+  intra-op pool to one thread (``torch.set_num_threads(1)``) and the BLAS libraries that
+  numpy loaded (OpenBLAS) to one thread (``threadpoolctl``), and puts the caller's settings
+  back afterwards. Calls nested inside such a call find the settings made and pass
+  through (so the many small entry points a training loop calls cost nothing extra).
+  Measured on the zoo and CartPole, one thread is also the fastest (the tensors are
+  small; a second thread costs more than it saves).
+* Why numpy's BLAS too: lock-step training (:mod:`pglab.gym.lockstep`) multiplies with
+  ``np.matmul``, one OpenBLAS gemm per run. Its policy forward would not need it (OpenBLAS
+  splits those products by output rows), but the stacked step's weight gradients
+  (``input^T dL/dz``, a sum over a batch's P rows) come out with other last bits when
+  OpenBLAS runs them on two threads (measured here for every P >= 128), and OpenBLAS's
+  default thread count is the machine's core count (or what ``OPENBLAS_NUM_THREADS``
+  says), so without the limit a run's numbers would depend on the machine and on how a
+  SLURM job was sized. ``tests/test_stacked.py`` runs the step with
+  ``OPENBLAS_NUM_THREADS`` = 1 and 2 and asserts equal bits.
+* :mod:`pglab.stats` calls no BLAS/LAPACK routine that threads (``np.einsum`` instead of
+  ``@``, its own tridiagonalisation for the one eigenvector it needs); the samplers use
+  element-wise numpy only.
 
 So the ``threads`` setting of an experiment changes neither its numbers nor (beyond the
-caller's own work) its speed. ``torch.set_num_threads`` is process-wide: do not run
-pglab entry points from several Python threads at once if other threads rely on their
-own setting meanwhile.
+caller's own work) its speed. Both settings are process-wide: do not run pglab entry
+points from several Python threads at once if other threads rely on their own settings
+meanwhile.
 """
 
 from __future__ import annotations
@@ -42,23 +52,47 @@ __all__ = ["single_thread", "thread_invariant"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: How deep the current thread_invariant / single_thread calls are nested (the outermost
+#: one sets and restores the settings; the others find them made).
+_depth = 0
+#: threadpoolctl's controller of the BLAS libraries loaded (found on first use, ~3 ms).
+_blas: Any = None
+
+
+def _blas_one_thread() -> Any:
+    """A context manager that limits the loaded BLAS libraries to one thread."""
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas = ThreadpoolController().select(user_api="blas")
+    return _blas.limit(limits=1)
+
+
 @contextmanager
 def single_thread() -> Iterator[None]:
-    """Run torch's intra-op work on one thread inside the block; restore the setting after."""
-    previous = torch.get_num_threads()
-    if previous == 1:
+    """Run torch's intra-op work and numpy's BLAS on one thread inside the block; restore
+    the caller's settings after (~15 us; nothing at all inside another such block)."""
+    global _depth
+    if _depth:
         yield
         return
-    torch.set_num_threads(1)
+    previous = torch.get_num_threads()
+    if previous != 1:
+        torch.set_num_threads(1)
+    _depth += 1
     try:
-        yield
+        with _blas_one_thread():
+            yield
     finally:
-        torch.set_num_threads(previous)
+        _depth -= 1
+        if previous != 1:
+            torch.set_num_threads(previous)
 
 
 def thread_invariant(function: F) -> F:
     """Decorate ``function`` to run under :func:`single_thread` (results independent of
-    the caller's torch thread count)."""
+    the caller's thread settings)."""
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

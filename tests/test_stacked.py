@@ -77,8 +77,20 @@ def test_the_numpy_route_takes_the_torch_routes_step(activation, rows):
     assert torch.equal(torch.isnan(numbers_np), torch.isnan(numbers_t))
     assert torch.allclose(numbers_np.nan_to_num(), numbers_t.nan_to_num(), rtol=1e-5, atol=1e-7)
     assert torch.equal(new_np[1], flat[1]) and not torch.isfinite(new_np[2]).all()
-    keep = [0, 1, 3, 4, 5]
-    assert torch.allclose(new_np[keep], new_t[keep], rtol=1e-5, atol=1e-7)
+    _assert_same_steps(flat, new_np, new_t, [0, 1, 3, 4, 5])
+
+
+def _assert_same_steps(flat, new_a, new_b, keep):
+    # Two routes to theta' = theta - alpha grad L: their gradients are sums in other
+    # orders, so the steps agree to float32 rounding norm-wise (rtol 1e-5, as above), and
+    # each route then rounds theta + step once (at most half an ulp of theta' per value:
+    # eps/2 ||theta'|| per route). Not element-wise relative to theta': where a step
+    # nearly cancels theta, theta' is small and its relative error large.
+    eps = torch.finfo(flat.dtype).eps
+    step_a, step_b = new_a[keep] - flat[keep], new_b[keep] - flat[keep]
+    error = (step_a - step_b).norm(dim=1)
+    bound = 1e-5 * step_b.norm(dim=1) + eps * new_b[keep].norm(dim=1)
+    assert (error <= bound).all(), (error, bound)
 
 
 def test_odd_hidden_widths_stay_bit_identical():
@@ -204,3 +216,71 @@ def test_padded_steps_follow_the_ladder():
     assert stacked.padded_steps(2049) == 2560 and stacked.padded_steps(25000) == 25088
     assert all(p % 64 == 0 for p in stacked.ROW_LADDER)
     assert all(b / a <= 2 for a, b in zip(stacked.ROW_LADDER, stacked.ROW_LADDER[1:], strict=False))
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_real_rows_anywhere_in_a_slice_take_the_same_step(activation):
+    # The numpy route runs the activation only up to the last real row of any slice
+    # (lock-step packs real rows first). A batch whose real rows are scattered must still
+    # take the torch route's step (same tolerance as above: float32 rounding, rtol 1e-5).
+    fn = ACTIVATIONS[activation]
+    flat, layout, batch = _random_batch(4, 128, hidden=(16, 10), seed=7)
+    g = torch.Generator().manual_seed(3)
+    order = torch.stack([torch.randperm(128, generator=g) for _ in range(4)])
+    fields = {
+        name: torch.gather(
+            value, 1, order if value.dim() == 2 else order[..., None].expand(-1, -1, 4)
+        )
+        if value.dim() >= 2
+        else value
+        for name, value in vars(batch).items()
+    }
+    scattered = stacked.StackedBatch(**fields)
+    assert scattered.real[:, -16:].any()  # real rows reach the end
+    new_np, numbers_np = stacked.pg_step(flat, layout, scattered, fn)
+    new_t, numbers_t = stacked._pg_step_torch(flat, layout, scattered, fn)
+    assert torch.allclose(numbers_np, numbers_t, rtol=1e-5, atol=1e-7)
+    _assert_same_steps(flat, new_np, new_t, list(range(4)))
+
+
+_STEP_DIGEST = """
+import hashlib, torch
+from pglab.gym import stacked
+g = torch.Generator().manual_seed(0)
+layout = stacked.Layout((4, 64, 64, 2))
+k, rows = 2, 2048
+batch = stacked.StackedBatch(
+    observations=torch.randn(k, rows, 4, generator=g),
+    actions=torch.randint(0, 2, (k, rows), generator=g),
+    weights=torch.randn(k, rows, generator=g) * 30,
+    real=torch.ones(k, rows),
+    n_trajectories=torch.full((k,), 8.0),
+    step_size=torch.full((k,), 1e-3),
+    threshold=torch.full((k,), 0.99),
+    poison=torch.zeros(k, dtype=torch.bool),
+)
+new, numbers = stacked.pg_step(torch.randn(k, layout.size, generator=g) * 0.3, layout, batch,
+                               torch.tanh)
+print(hashlib.sha256(new.numpy().tobytes() + numbers.numpy().tobytes()).hexdigest())
+"""
+
+
+def test_the_step_does_not_depend_on_openblas_threads():
+    # The weight gradients input^T dL/dz sum over a batch's P rows; OpenBLAS on two
+    # threads sums them in another order (measured: other bits for every P >= 128), and
+    # its default is one thread per core. pg_step runs under thread_invariant, which
+    # limits the BLAS to one thread, so the bits are the same whatever the environment
+    # asks for (exact equality of the digests).
+    import os
+    import subprocess
+    import sys
+
+    digests = set()
+    for threads in ("1", "2"):
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": threads}
+        done = subprocess.run(
+            [sys.executable, "-c", _STEP_DIGEST], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        digests.add(done.stdout.strip())
+    assert len(digests) == 1

@@ -181,6 +181,7 @@ def test_batched_entry_points_run_single_threaded():
     # one-run entry points (a decorator left above an inserted definition once took it off
     # batched_tabular_ascent): their callbacks see one torch thread, whatever the caller set.
     import torch
+    from threadpoolctl import threadpool_info
 
     from pglab.gym.lockstep import LockstepRun, train_lockstep
     from pglab.gym.policies import make_policy
@@ -189,9 +190,11 @@ def test_batched_entry_points_run_single_threaded():
     from pglab.tabular.batched_ascent import AscentRun, batched_tabular_ascent
 
     seen: list[int] = []
+    blas: list[int] = []
 
     def record(metrics: dict) -> None:
         seen.append(torch.get_num_threads())
+        blas.extend(lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas")
 
     mdp = zoo.make("chain")
     previous = torch.get_num_threads()
@@ -206,3 +209,4 @@ def test_batched_entry_points_run_single_threaded():
     finally:
         torch.set_num_threads(previous)
     assert seen == [1] * 4
+    assert blas and set(blas) == {1}  # numpy's OpenBLAS too (pglab/threads.py)

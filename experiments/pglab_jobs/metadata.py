@@ -39,8 +39,11 @@ _LEGACY_NON_SEMANTIC_KEYS = tuple(k for k in NON_SEMANTIC_KEYS if k != "threads"
 #: without an entry record ``None`` (their numbers have not changed since stamps began).
 #: cartpole: "2026-12-02 numpy lock-step": the lock-step forward and the stacked step's
 #: tanh moved to numpy; "2026-12-02b numpy stacked step": the whole stacked step of tanh
-#: and relu policies moved to numpy (its sums run in other orders: other last bits).
-NUMERICS: dict[str, str] = {"cartpole": "2026-12-02b numpy stacked step"}
+#: and relu policies moved to numpy (its sums run in other orders: other last bits);
+#: "2026-12-03 one BLAS thread": numpy's BLAS runs on one thread inside pglab (before,
+#: OpenBLAS's default, one thread per core, summed the stacked step's weight gradients in
+#: an order that depended on the machine; pglab/threads.py).
+NUMERICS: dict[str, str] = {"cartpole": "2026-12-03 one BLAS thread"}
 
 
 def numerics_problem(meta: dict[str, Any]) -> str | None:

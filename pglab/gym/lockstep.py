@@ -172,14 +172,16 @@ def group_key(config: TrainConfig, policy: CategoricalPolicy, **env: Any) -> tup
     )
 
 
-def _numpy_activation(name: str) -> Callable[[np.ndarray], np.ndarray]:
-    """The activation ``name`` on a numpy array (in place where numpy has it)."""
+def _numpy_activation(name: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The activation ``name`` on a numpy array ``x [R, M, h]``, ``f(x, live)``: in place
+    and on the rows where ``live [R, M, 1]`` holds only, where numpy has it (tanh, relu;
+    the other rows keep their pre-activation); through torch on every row otherwise."""
     if name == "tanh":
-        return lambda x: np.tanh(x, out=x)
+        return lambda x, live: np.tanh(x, out=x, where=live)
     if name == "relu":
-        return lambda x: np.maximum(x, 0, out=x)
+        return lambda x, live: np.maximum(x, 0, out=x, where=live)
     torch_fn = ACTIVATIONS[name]
-    return lambda x: torch_fn(torch.from_numpy(x)).numpy()
+    return lambda x, live: torch_fn(torch.from_numpy(x)).numpy()
 
 
 class PolicyStack:
@@ -249,9 +251,15 @@ class PolicyStack:
         with torch.no_grad():
             torch._foreach_copy_(params, slots)
 
-    def logits(self, obs: np.ndarray) -> np.ndarray:
+    def logits(self, obs: np.ndarray, live: np.ndarray | None = None) -> np.ndarray:
         """``[R, M, obs_dim] -> [R, M, A]`` (numpy, the parameters' dtype):
-        l = W_L g(... g(W_1 s + b_1) ...) + b_L per run.
+        l = W_L g(... g(W_1 s + b_1) ...) + b_L per run, on the rows where ``live``
+        ``[R, M, 1]`` (bool) holds, or every row.
+
+        Rows that are not live get other values: tanh and relu skip them (lock-step
+        passes the copies whose episode is running, at most 1 row in 8 at N = 1, and the
+        tanh is the dearest call of a step). A row of a matrix product depends on that
+        row alone, so the live rows' logits are the same either way.
 
         Computed in numpy on views of :attr:`flat`: a small stacked ``matmul`` and numpy's
         ``tanh`` cost ~30 us a step where torch's ``baddbmm`` and ``tanh`` cost ~100 us
@@ -262,12 +270,14 @@ class PolicyStack:
         (elu, gelu, silu, leaky_relu) run through torch on the whole array, which their
         64-aligned blocks (:func:`padded_rows`) keep position-independent."""
         x = obs.astype(self.np_dtype, copy=False)
+        if live is None:
+            live = np.ones((*x.shape[:2], 1), dtype=np.bool_)
         last = len(self._np_weights) - 1
         for i, (w, b) in enumerate(zip(self._np_weights, self._np_biases, strict=True)):
             x = np.matmul(x, w)
             x += b
             if i < last:
-                x = self._np_activation(x)
+                x = self._np_activation(x, live)
         return x
 
     def draws(self, u: Tensor) -> np.ndarray:
@@ -278,8 +288,11 @@ class PolicyStack:
             return (torch.log(u) - torch.log1p(-u)).numpy()
         return u.numpy()
 
-    def sample(self, obs: np.ndarray, draws: np.ndarray) -> np.ndarray:
-        """Actions ``[R, M]`` int64 with law softmax(logits), from ``draws`` ``[R, M]``.
+    def sample(
+        self, obs: np.ndarray, draws: np.ndarray, live: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Actions ``[R, M]`` int64 with law softmax(logits), from ``draws`` ``[R, M]``
+        (meaningful on the ``live`` rows, see :meth:`logits`).
 
         Two actions: a = 1[logit(U) < l_1 - l_0], i.e. U < sigmoid(l_1 - l_0) = pi(1|s),
         using only a subtraction and a comparison on the batch (exact, so a run's actions
@@ -287,7 +300,7 @@ class PolicyStack:
         a = #{k < A-1 : C_k <= U}, C the cumulative softmax (row-wise, and numpy's exp is
         the same arithmetic at every position).
         """
-        logits = self.logits(obs)
+        logits = self.logits(obs, live)
         if self.n_actions == 2:
             return (draws < logits[..., 1] - logits[..., 0]).astype(np.int64)
         e = np.exp(logits - logits.max(axis=-1, keepdims=True))
@@ -479,6 +492,7 @@ def _play(
     cursor = np.full(n_runs, UNIFORM_BLOCK, dtype=np.int64)
     every_run = np.arange(n_runs)
     running = np.zeros(n_copies, dtype=np.bool_)
+    live = running.reshape(n_runs, m, 1)  # a view: the rows whose actions are used
     lengths = np.zeros(n_copies, dtype=np.int64)
     terminated = np.zeros(n_copies, dtype=np.bool_)
     started = np.zeros(n_runs, dtype=np.int64)  # vector step at which each run's batch began
@@ -756,7 +770,7 @@ def _play(
         draws = uniforms[every_run, np.minimum(cursor, UNIFORM_BLOCK - 1)]
         row = step % cap
         obs_log[row] = obs
-        act_np = stack.sample(obs.reshape(n_runs, m, obs_dim), draws).reshape(n_copies)
+        act_np = stack.sample(obs.reshape(n_runs, m, obs_dim), draws, live).reshape(n_copies)
         act_log[row] = act_np
         next_obs, reward, term = copies_step(act_np, running)
         copy_steps += 1

@@ -63,6 +63,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pglab.threads import thread_invariant
+
 __all__ = [
     "NUMBERS",
     "ROW_LADDER",
@@ -193,6 +195,7 @@ def _activation_backward(
     return result
 
 
+@thread_invariant
 def pg_step(
     flat: Tensor,
     layout: Layout,
@@ -205,7 +208,9 @@ def pg_step(
     columns of :data:`NUMBERS`; ``kl`` and ``step_norm`` are NaN for a run whose update was
     not applied, ``finite`` is 1.0 or 0.0 (loss, gradient and new parameters all finite).
     tanh and relu run in numpy (:func:`_pg_step_numpy`), other activations in torch
-    (:func:`_pg_step_torch`); the maths is the same.
+    (:func:`_pg_step_torch`); the maths is the same. Runs with one torch and one BLAS
+    thread (:mod:`pglab.threads`: a threaded OpenBLAS sums the weight gradients in
+    another order).
     """
     if activation is torch.tanh or activation is torch.relu:
         new, numbers = _pg_step_numpy(
@@ -226,9 +231,19 @@ def pg_step(
 
 
 def _numpy_forward(
-    weights: list[np.ndarray], biases: list[np.ndarray], x: np.ndarray, activation: str
+    weights: list[np.ndarray],
+    biases: list[np.ndarray],
+    x: np.ndarray,
+    activation: str,
+    rows: int,
 ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
-    """``(log pi [k, P, A], layer inputs, hidden outputs)`` in numpy (see :func:`_forward`)."""
+    """``(log pi [k, P, A], layer inputs, hidden outputs)`` in numpy (see :func:`_forward`).
+
+    Every slice's real rows lie within its first ``rows``: the activation runs on those
+    only, and the hidden outputs of rows ``rows..P`` (padding in every slice) are set to 0.
+    The matrix products still take all P rows (canonical shapes keep every row's bits), and
+    a padding row's values only ever meet a weight of 0, so any finite values there leave
+    every real number as it was."""
     inputs, outputs = [], []
     last = len(weights) - 1
     for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
@@ -236,10 +251,14 @@ def _numpy_forward(
         z = np.matmul(x, w)
         z += b
         if i < last:
-            x = np.tanh(z, out=z) if activation == "tanh" else np.maximum(z, 0, out=z)
-            outputs.append(x)
-        else:
-            x = z
+            head = z[:, :rows]
+            if activation == "tanh":
+                np.tanh(head, out=head)
+            else:
+                np.maximum(head, 0, out=head)
+            z[:, rows:] = 0
+            outputs.append(z)
+        x = z
     shifted = x - x.max(-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True)), inputs, outputs
 
@@ -261,9 +280,14 @@ def _pg_step_numpy(
     :class:`StackedBatch`; ``flat`` ``[k, n]``). Returns ``(new [k, n], numbers [k, 7])``."""
     k = flat.shape[0]
     count = real.sum(1)
+    # rows past the last real row of any slice are padding in every slice, and the
+    # activations skip them (lock-step packs each run's steps first: in its calls of 64
+    # rows, the most common, that skips a third of the tanh work)
+    used = np.flatnonzero(real.any(0))
+    rows = int(used[-1]) + 1 if used.size else 0
     with np.errstate(all="ignore"):  # non-finite values are reported per run, not raised
         weights, biases = layout.views(flat)
-        log_pi, inputs, outputs = _numpy_forward(weights, biases, observations, activation)
+        log_pi, inputs, outputs = _numpy_forward(weights, biases, observations, activation, rows)
         pi = np.exp(log_pi)
         chosen = np.zeros_like(log_pi)  # 1[a = a_m]
         np.put_along_axis(chosen, actions[..., None], 1.0, axis=-1)
@@ -300,7 +324,7 @@ def _pg_step_numpy(
         entropy[pi == 0] = 0
         near = pi.max(-1) >= threshold[:, None]
         new_weights, new_biases = layout.views(new)
-        log_pi_new, _, _ = _numpy_forward(new_weights, new_biases, observations, activation)
+        log_pi_new, _, _ = _numpy_forward(new_weights, new_biases, observations, activation, rows)
         terms = np.where(pi > 0, pi * (log_pi - log_pi_new), 0)
         per_state = np.stack([entropy.sum(-1), near.astype(flat.dtype), terms.sum(-1)], 1)
         means = (per_state * real[:, None]).sum(-1) / count[:, None]  # [k, 3] over real states
