@@ -443,6 +443,9 @@ class _Steps:
 def _return_stats(returns: np.ndarray) -> tuple[float, float, float, float]:
     """(mean, median, min, max) of ``[N]`` float64 returns; the median of an even N is the
     midpoint of the two middle values."""
+    if returns.shape[0] == 1:  # all four are the one return (the same bits, fewer calls)
+        value = float(returns[0])
+        return value, value, value, value
     ordered = np.sort(returns)
     n = ordered.shape[0]
     median = 0.5 * (ordered[(n - 1) // 2] + ordered[n // 2])
@@ -718,7 +721,7 @@ def _play(
                 learner.count_steps(done.real_steps, done.total_steps)
                 learner.record(
                     returns=_return_stats(steps.returns[first : first + ns[r]]),
-                    length_mean=float(done.lengths.mean()),
+                    length_mean=float(done.lengths.mean()) if ns[r] > 1 else float(done.lengths[0]),
                     loss=loss,
                     grad_norm=grad_norm,
                     entropy=entropy,
