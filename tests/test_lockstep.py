@@ -68,6 +68,26 @@ def test_a_run_is_bit_identical_alone_and_in_any_batch():
         assert len(result.history) >= 3 and result.history[-1]["env_steps"] >= 1500
 
 
+def test_runs_that_ended_leave_the_batch_and_results_keep_the_callers_order():
+    # The batch plays the runs with the most vector steps first and, once the runs after
+    # some point have all ended, steps and evaluates only the runs before it. Neither may
+    # change a number or the order results are reported in.
+    specs = [
+        dict(n=5, steps=400, seed=1),
+        dict(n=1, steps=3000, seed=2),
+        dict(n=2, steps=800, seed=3),
+    ]
+    ended = []
+    out = train_lockstep(
+        [_run(step_size=1e-2, **spec) for spec in specs],
+        on_result=lambda r, outcome: ended.append((r, outcome)),
+    )
+    assert [r for r, _ in ended] == [0, 2, 1]  # shortest budget (in vector steps) first
+    assert all(out[r] is outcome for r, outcome in ended)
+    for result, spec in zip(out, specs, strict=True):
+        assert _same(result, train_lockstep([_run(step_size=1e-2, **spec)])[0]), spec
+
+
 def test_runs_of_other_row_counts_or_architectures_are_refused_together():
     with pytest.raises(ValueError, match="differ"):
         train_lockstep([_run(1, 1e-3, 0), _run(9, 1e-3, 0)])  # M = 8 vs 16

@@ -55,10 +55,14 @@ class CartPoleCopies:
     def step(
         self, action: np.ndarray, live: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One step of every copy under ``action [n]`` (0 or 1): ``(obs [n, 4] float32,
-        reward [n] float32, terminated [n] bool)``. Copies where ``live [n]`` is False that
-        terminate are reset to the zero state (their values are never used)."""
-        x, x_dot, theta, theta_dot = self.state
+        """One step of the first c copies under ``action [c]`` (0 or 1; c is every copy or
+        fewer, the rest stand still): ``(obs [c, 4] float32, reward [c] float32,
+        terminated [c] bool)``. Copies where ``live [c]`` is False that terminate are reset
+        to the zero state (their values are never used). Element-wise arithmetic, so a
+        copy's values do not depend on c."""
+        c = action.shape[0]
+        whole = c == self.state.shape[1]
+        x, x_dot, theta, theta_dot = self.state if whole else self.state[:, :c]
         force = np.sign(action - 0.5) * self.force_mag
         costheta = np.cos(theta)
         sintheta = np.sin(theta)
@@ -77,7 +81,10 @@ class CartPoleCopies:
             x = x + self.tau * x_dot
             theta_dot = theta_dot + self.tau * thetaacc
             theta = theta + self.tau * theta_dot
-        self.state = np.stack((x, x_dot, theta, theta_dot))
+        if whole:
+            self.state = np.stack((x, x_dot, theta, theta_dot))
+        else:
+            np.stack((x, x_dot, theta, theta_dot), out=self.state[:, :c])
         terminated = (
             (x < -self.x_threshold)
             | (x > self.x_threshold)
@@ -89,6 +96,7 @@ class CartPoleCopies:
         else:
             reward = np.ones(terminated.shape, dtype=np.float32)
         dead = terminated & ~live
+        state = self.state if whole else self.state[:, :c]
         if dead.any():
-            self.state[:, dead] = 0.0
-        return self.state.T.astype(np.float32), reward, terminated
+            state[:, dead] = 0.0
+        return state.T.astype(np.float32), reward, terminated

@@ -252,9 +252,9 @@ class PolicyStack:
             torch._foreach_copy_(params, slots)
 
     def logits(self, obs: np.ndarray, live: np.ndarray | None = None) -> np.ndarray:
-        """``[R, M, obs_dim] -> [R, M, A]`` (numpy, the parameters' dtype):
-        l = W_L g(... g(W_1 s + b_1) ...) + b_L per run, on the rows where ``live``
-        ``[R, M, 1]`` (bool) holds, or every row.
+        """``[h, M, obs_dim] -> [h, M, A]`` (numpy, the parameters' dtype) for the first
+        h <= R runs: l = W_L g(... g(W_1 s + b_1) ...) + b_L per run, on the rows where
+        ``live`` ``[h, M, 1]`` (bool) holds, or every row.
 
         Rows that are not live get other values: tanh and relu skip them (lock-step
         passes the copies whose episode is running, at most 1 row in 8 at N = 1, and the
@@ -272,10 +272,11 @@ class PolicyStack:
         x = obs.astype(self.np_dtype, copy=False)
         if live is None:
             live = np.ones((*x.shape[:2], 1), dtype=np.bool_)
+        h = x.shape[0]  # the first h runs (all R, or fewer: see _play)
         last = len(self._np_weights) - 1
         for i, (w, b) in enumerate(zip(self._np_weights, self._np_biases, strict=True)):
-            x = np.matmul(x, w)
-            x += b
+            x = np.matmul(x, w[:h])
+            x += b[:h]
             if i < last:
                 x = self._np_activation(x, live)
         return x
@@ -385,10 +386,37 @@ def train_lockstep(
     if not isinstance(inner, _vector_env_class()):
         env.close()
         raise ValueError(f"{first.env_id}: the vector env is {type(inner).__name__}")
+    # Play the runs that will need the most vector steps first: a run that has ended
+    # leaves the policy forward once every run after it has ended too (below). The order
+    # changes no run's numbers (a run's slice never depends on the others).
+    order = sorted(range(n_runs), key=lambda r: -_expected_vector_steps(runs[r].config))
+    mapped = None
+    if on_result is not None:
+        report_result = on_result
+
+        def mapped(i: int, outcome: TrainResult | BaseException) -> None:
+            report_result(order[i], outcome)
+
     try:
-        return _play(runs, inner, m, time_limit, report, report_every_s, on_result)
+        played = _play(
+            [runs[r] for r in order], inner, m, time_limit, report, report_every_s, mapped
+        )
     finally:
         env.close()
+    outcomes: list[TrainResult | BaseException] = [RuntimeError("run never finished")] * n_runs
+    for i, outcome in enumerate(played):
+        outcomes[order[i]] = outcome
+    return outcomes
+
+
+def _expected_vector_steps(config: TrainConfig) -> float:
+    """A rough guess of how many vector steps a run plays, only to order a batch's runs:
+    env-step budget / N (one episode per copy), else iterations; unbounded runs first."""
+    if config.max_env_steps is not None:
+        return config.max_env_steps / config.n_trajectories
+    if config.max_iterations is not None:
+        return float(config.max_iterations)
+    return math.inf
 
 
 def stacks_updates(config: TrainConfig, policy: CategoricalPolicy) -> bool:
@@ -502,6 +530,9 @@ def _play(
     active = np.zeros(n_runs, dtype=np.bool_)  # not ended yet
     playing = np.zeros(n_runs, dtype=np.bool_)  # active and not waiting for its update
     waiting: dict[int, _Finished] = {}  # stacked runs whose batch awaits its update
+    # runs bound[0]..R-1 have all ended: the policy forward leaves them out
+    bound = [n_runs]
+    actions = np.zeros(n_copies, dtype=np.int64)  # an ended run's copies keep action 0
     full_horizon = stacked.padded_steps(time_limit)
 
     def begin(r: int, step: int) -> None:
@@ -523,6 +554,8 @@ def _play(
         active[r] = False
         playing[r] = False
         running[r * m : (r + 1) * m] = False
+        still = np.flatnonzero(active)
+        bound[0] = int(still[-1]) + 1 if still.size else 0
         if on_result is not None:
             try:
                 on_result(r, outcome)
@@ -770,17 +803,21 @@ def _play(
                 torch.rand(UNIFORM_BLOCK, ns[r], generator=learner.generator)
             )
             cursor[r] = 0
-        draws = uniforms[every_run, np.minimum(cursor, UNIFORM_BLOCK - 1)]
+        h = bound[0]
+        draws = uniforms[every_run[:h], np.minimum(cursor[:h], UNIFORM_BLOCK - 1)]
         row = step % cap
         obs_log[row] = obs
-        act_np = stack.sample(obs.reshape(n_runs, m, obs_dim), draws, live).reshape(n_copies)
-        act_log[row] = act_np
-        next_obs, reward, term = copies_step(act_np, running)
+        actions[: h * m] = stack.sample(
+            obs[: h * m].reshape(h, m, obs_dim), draws, live[:h]
+        ).reshape(h * m)
+        act_log[row] = actions
+        # copies of ended runs past the bound stand still (none of them is running)
+        next_obs, reward, term = copies_step(actions[: h * m], running[: h * m])
         copy_steps += 1
         cursor += playing
-        rew_log[row] = reward
-        np.copyto(obs, next_obs)
-        ended = (term | (copy_steps >= time_limit)) & running
+        rew_log[row, : h * m] = reward
+        obs[: h * m] = next_obs
+        ended = (term | (copy_steps[: h * m] >= time_limit)) & running[: h * m]
         if ended.any():
             idx = np.flatnonzero(ended)
             lengths[idx] = step - started[idx // m] + 1
