@@ -284,3 +284,51 @@ def test_the_step_does_not_depend_on_openblas_threads():
         assert done.returncode == 0, done.stderr
         digests.add(done.stdout.strip())
     assert len(digests) == 1
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_per_episode_gradients_in_numpy_are_the_autograd_ones(activation):
+    # stacked.per_episode_gradients (lock-step's variance_every route) against
+    # gradients.per_episode_gradients (torch) on one batch: the same g_i, up to float32
+    # sums in other orders (norm-wise rtol 1e-5 per episode, as for the step above), with
+    # torch's nn.Linear weights [out, in] laid out transposed as in stacked.Layout.
+    from pglab.gym.gradients import per_episode_gradients
+
+    policy = make_policy("mlp", 4, 2, hidden_sizes=(16, 10), activation=activation, seed=3)
+    g = torch.Generator().manual_seed(5)
+    n, t = 5, 40
+    lengths = torch.tensor([40, 3, 17, 1, 25])
+    mask = torch.arange(t)[None] < lengths[:, None]
+    batch = EpisodeBatch(
+        observations=torch.randn(n, t, 4, generator=g) * mask[..., None],
+        actions=torch.randint(0, 2, (n, t), generator=g) * mask,
+        rewards=mask.float(),
+        mask=mask,
+        lengths=lengths,
+        terminated=torch.ones(n, dtype=torch.bool),
+        env_steps=int(lengths.sum()),
+    )
+    psi = torch.randn(n, t, generator=g) * 20 * mask
+    expected = per_episode_gradients(policy, batch, psi)
+    parts, at = [], 0
+    for layer in policy.layers:
+        out, inp = layer.weight.shape
+        parts.append(
+            expected[:, at : at + out * inp].reshape(n, out, inp).transpose(1, 2).flatten(1)
+        )
+        parts.append(expected[:, at + out * inp : at + out * inp + out])
+        at += out * inp + out
+    expected = torch.cat(parts, dim=1)
+    stack = PolicyStack([policy])
+    got = stacked.per_episode_gradients(
+        stack.flat[0].numpy(),
+        stack.layout,
+        batch.observations.numpy(),
+        batch.actions.numpy(),
+        psi.numpy(),
+        activation,
+    )
+    got = torch.from_numpy(got)
+    assert got.shape == expected.shape
+    error = (got - expected).norm(dim=1)
+    assert (error <= 1e-5 * expected.norm(dim=1)).all(), error

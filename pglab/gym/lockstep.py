@@ -220,6 +220,8 @@ class PolicyStack:
         self._np_weights = [w.numpy() for w in self.weights_t]
         self._np_biases = [b.numpy() for b in self.biases]
         self._np_activation = _numpy_activation(first.activation)
+        #: "tanh" or "relu" where the stacked step runs in numpy, else None
+        self.numpy_activation = first.activation if first.activation in ("tanh", "relu") else None
         # per run: its slots (views of flat) and its policy's parameters, in one order
         self._slots: list[list[Tensor]] = []
         self._params: list[list[Tensor]] = []
@@ -617,7 +619,21 @@ def _play(
         if every > 0 and learner.iteration % every == 0 and ns[r] >= 2:
             batch = episode_batch(r, step)
             psi = estimators.step_weights(batch.rewards, batch.mask, config.estimator, config.gamma)
-            variance = grad_variance(per_episode_gradients(runs[r].policy, batch, psi))
+            if stack.numpy_activation is None:
+                per_episode = per_episode_gradients(runs[r].policy, batch, psi)
+            else:  # the stacked step's own backward, episodes as slices (its parameters
+                # are in flat[r]: loaded after every update)
+                per_episode = torch.from_numpy(
+                    stacked.per_episode_gradients(
+                        stack.flat[r].numpy(),
+                        stack.layout,
+                        batch.observations.to(stack.dtype).numpy(),
+                        batch.actions.numpy(),
+                        torch.where(batch.mask, psi, 0.0).to(stack.dtype).numpy(),
+                        stack.numpy_activation,
+                    )
+                )
+            variance = grad_variance(per_episode)
         return _Finished(
             lengths=lens,
             started=int(started[r]),

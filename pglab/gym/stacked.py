@@ -73,6 +73,7 @@ __all__ = [
     "StackedBatch",
     "all_finite",
     "padded_steps",
+    "per_episode_gradients",
     "pg_step",
 ]
 
@@ -263,6 +264,65 @@ def _numpy_forward(
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True)), inputs, outputs
 
 
+def _numpy_backward(
+    weights: list[np.ndarray],
+    inputs: list[np.ndarray],
+    outputs: list[np.ndarray],
+    grad_z: np.ndarray,
+    activation: str,
+) -> np.ndarray:
+    """``[k, n]``: the gradient, in the layout's order, of a loss whose derivative by the
+    logits is ``grad_z [k, P, A]``, back through the layers of :func:`_numpy_forward`
+    (per layer dL/dW = input^T dL/dz, dL/db = sum over rows of dL/dz, dL/d(input) =
+    dL/dz W^T through the activation)."""
+    k = grad_z.shape[0]
+    parts: list[np.ndarray] = []
+    for i in range(len(weights) - 1, -1, -1):
+        parts.append(grad_z.sum(1))  # dL/db_i [k, out]
+        parts.append(np.matmul(inputs[i].transpose(0, 2, 1), grad_z).reshape(k, -1))
+        if i > 0:
+            grad_h = np.matmul(grad_z, weights[i].transpose(0, 2, 1))
+            out = outputs[i - 1]
+            if activation == "tanh":
+                grad_z = grad_h * (1 - out * out)  # tanh' = 1 - tanh^2
+            else:
+                grad_z = np.where(out > 0, grad_h, 0)
+    return np.concatenate(parts[::-1], axis=1)
+
+
+@thread_invariant
+def per_episode_gradients(
+    flat: np.ndarray,
+    layout: Layout,
+    observations: np.ndarray,
+    actions: np.ndarray,
+    psi: np.ndarray,
+    activation: str,
+) -> np.ndarray:
+    """Per-episode gradients g_i = sum_t Psi_{i,t} grad log pi(a_{i,t} | s_{i,t}) of one
+    tanh or relu policy: ``[N, n]`` in the layout's order.
+
+    ``flat [n]`` the policy's parameters (:class:`Layout`); ``observations [N, T, d]``,
+    ``actions [N, T]`` and ``psi [N, T]`` one episode per row, 0 on padding steps (where
+    a step's weight 0 makes it count for nothing). The step's own backward
+    (:func:`_numpy_backward`) with the episodes as the slices and the one parameter
+    vector shared by all, so each g_i is a function of episode i and the shapes only;
+    the same maths as :func:`pglab.gym.gradients.per_episode_gradients` (other summation
+    orders, so other last bits) at about a fifth of its cost for the small batches of
+    ``variance_every``.
+    """
+    n_episodes, steps = actions.shape
+    shared = np.broadcast_to(flat, (n_episodes, flat.shape[0]))
+    with np.errstate(all="ignore"):
+        weights, biases = layout.views(shared)
+        log_pi, inputs, outputs = _numpy_forward(weights, biases, observations, activation, steps)
+        chosen = np.zeros_like(log_pi)
+        np.put_along_axis(chosen, actions[..., None], 1.0, axis=-1)
+        # g_i = -dL_i/dtheta for L_i = -sum_t Psi_t log pi(a_t|s_t)
+        grad_z = (np.exp(log_pi) - chosen) * psi[..., None]
+        return -_numpy_backward(weights, inputs, outputs, grad_z, activation)
+
+
 def _pg_step_numpy(
     flat: np.ndarray,
     layout: Layout,
@@ -278,7 +338,6 @@ def _pg_step_numpy(
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_pg_step_torch` in numpy, for a tanh or relu policy (arrays as the fields of
     :class:`StackedBatch`; ``flat`` ``[k, n]``). Returns ``(new [k, n], numbers [k, 7])``."""
-    k = flat.shape[0]
     count = real.sum(1)
     # rows past the last real row of any slice are padding in every slice, and the
     # activations skip them (lock-step packs each run's steps first: in its calls of 64
@@ -294,18 +353,7 @@ def _pg_step_numpy(
         coef = psi / n_trajectories[:, None]  # Psi_m / N
         loss = -(coef * (log_pi * chosen).sum(-1)).sum(1)  # [k]
         grad_z = (pi - chosen) * coef[..., None]  # dL/dlogits [k, P, A]
-        parts: list[np.ndarray] = []
-        for i in range(len(weights) - 1, -1, -1):
-            parts.append(grad_z.sum(1))  # dL/db_i [k, out]
-            parts.append(np.matmul(inputs[i].transpose(0, 2, 1), grad_z).reshape(k, -1))
-            if i > 0:
-                grad_h = np.matmul(grad_z, weights[i].transpose(0, 2, 1))
-                out = outputs[i - 1]
-                if activation == "tanh":
-                    grad_z = grad_h * (1 - out * out)  # tanh' = 1 - tanh^2
-                else:
-                    grad_z = np.where(out > 0, grad_h, 0)
-        grad = np.concatenate(parts[::-1], axis=1)  # [k, n] in the layout's order
+        grad = _numpy_backward(weights, inputs, outputs, grad_z, activation)
         if poison.any():
             grad[poison] = np.nan
         finite = np.isfinite(loss) & np.isfinite(grad).all(1)
