@@ -55,6 +55,18 @@ def run_app(
     return proc
 
 
+def digests_under_blas_threads(code: str, threads: tuple[str, ...] = ("1", "2")) -> set[str]:
+    """What ``python -c code`` prints (a digest), once per ``OPENBLAS_NUM_THREADS`` value:
+    a set of one element when the printed bits do not depend on the BLAS thread count."""
+    digests = set()
+    for count in threads:
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": count}
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        digests.add(done.stdout.strip())
+    return digests
+
+
 def slurm_skip_reason() -> str | None:
     """Why SLURM tests cannot run here, or None when a cluster is reachable."""
     if os.environ.get("PGLAB_SLURM") == "unavailable":

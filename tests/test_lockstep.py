@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import digests_under_blas_threads
 
 from pglab.gym.lockstep import (
     LockstepRun,
@@ -156,19 +157,7 @@ def test_the_numpy_forward_does_not_depend_on_openblas_threads():
     # gives other last bits (seen on this project's machines: equal on one, not on
     # another). train_lockstep runs under thread_invariant, which holds the BLAS to one
     # thread, so the bits must not depend on what the environment asks for.
-    import os
-    import subprocess
-    import sys
-
-    digests = set()
-    for threads in ("1", "2"):
-        env = {**os.environ, "OPENBLAS_NUM_THREADS": threads}
-        done = subprocess.run(
-            [sys.executable, "-c", _LOGITS_DIGEST], env=env, capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stderr
-        digests.add(done.stdout.strip())
-    assert len(digests) == 1
+    assert len(digests_under_blas_threads(_LOGITS_DIGEST)) == 1
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

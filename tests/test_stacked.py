@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from conftest import digests_under_blas_threads
 
 from pglab import estimators
 from pglab.gym import stacked
@@ -34,6 +35,22 @@ def _random_batch(k, rows, hidden=(64, 64), seed=0):
         poison=torch.zeros(k, dtype=torch.bool),
     )
     return flat, layout, batch
+
+
+def _episodes(g, lengths, horizon, terminated):
+    """An EpisodeBatch of random observations and actions, reward 1 per real step."""
+    lengths = torch.tensor(lengths)
+    n = lengths.shape[0]
+    mask = torch.arange(horizon)[None] < lengths[:, None]
+    return EpisodeBatch(
+        observations=torch.randn(n, horizon, 4, generator=g) * mask[..., None],
+        actions=torch.randint(0, 2, (n, horizon), generator=g) * mask,
+        rewards=mask.float(),
+        mask=mask,
+        lengths=lengths,
+        terminated=torch.tensor(terminated),
+        env_steps=n * horizon,
+    )
 
 
 def _pick(flat, batch, index):
@@ -136,17 +153,8 @@ def test_numbers_match_the_learners_on_the_same_batch():
     # rounding (they sum in different orders, so bits may differ).
     g = torch.Generator().manual_seed(0)
     n, horizon = 3, 40
-    lengths = torch.tensor([40, 17, 9])
-    mask = torch.arange(horizon)[None] < lengths[:, None]
-    batch = EpisodeBatch(
-        observations=torch.randn(n, horizon, 4, generator=g) * mask[..., None],
-        actions=torch.randint(0, 2, (n, horizon), generator=g) * mask,
-        rewards=mask.float(),
-        mask=mask,
-        lengths=lengths,
-        terminated=torch.tensor([False, True, True]),
-        env_steps=n * horizon,
-    )
+    batch = _episodes(g, [40, 17, 9], horizon, terminated=[False, True, True])
+    mask = batch.mask
     config = TrainConfig(n_trajectories=n, step_size=1e-2, max_iterations=1, variance_every=0)
     policy = make_policy("mlp", 4, 2, hidden_sizes=(64, 64), seed=3)
     stack = PolicyStack([copy.deepcopy(policy)])
@@ -271,19 +279,7 @@ def test_the_step_does_not_depend_on_openblas_threads():
     # its default is one thread per core. pg_step runs under thread_invariant, which
     # limits the BLAS to one thread, so the bits are the same whatever the environment
     # asks for (exact equality of the digests).
-    import os
-    import subprocess
-    import sys
-
-    digests = set()
-    for threads in ("1", "2"):
-        env = {**os.environ, "OPENBLAS_NUM_THREADS": threads}
-        done = subprocess.run(
-            [sys.executable, "-c", _STEP_DIGEST], env=env, capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stderr
-        digests.add(done.stdout.strip())
-    assert len(digests) == 1
+    assert len(digests_under_blas_threads(_STEP_DIGEST)) == 1
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
@@ -297,18 +293,8 @@ def test_per_episode_gradients_in_numpy_are_the_autograd_ones(activation):
     policy = make_policy("mlp", 4, 2, hidden_sizes=(16, 10), activation=activation, seed=3)
     g = torch.Generator().manual_seed(5)
     n, t = 5, 40
-    lengths = torch.tensor([40, 3, 17, 1, 25])
-    mask = torch.arange(t)[None] < lengths[:, None]
-    batch = EpisodeBatch(
-        observations=torch.randn(n, t, 4, generator=g) * mask[..., None],
-        actions=torch.randint(0, 2, (n, t), generator=g) * mask,
-        rewards=mask.float(),
-        mask=mask,
-        lengths=lengths,
-        terminated=torch.ones(n, dtype=torch.bool),
-        env_steps=int(lengths.sum()),
-    )
-    psi = torch.randn(n, t, generator=g) * 20 * mask
+    batch = _episodes(g, [40, 3, 17, 1, 25], t, terminated=[True] * n)
+    psi = torch.randn(n, t, generator=g) * 20 * batch.mask
     expected = per_episode_gradients(policy, batch, psi)
     parts, at = [], 0
     for layer in policy.layers:
