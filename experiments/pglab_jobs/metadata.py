@@ -42,7 +42,8 @@ _LEGACY_NON_SEMANTIC_KEYS = tuple(k for k in NON_SEMANTIC_KEYS if k != "threads"
 #: and relu policies moved to numpy (its sums run in other orders: other last bits);
 #: "2026-12-03 one BLAS thread": numpy's BLAS runs on one thread inside pglab (before,
 #: OpenBLAS's default, one thread per core, summed the stacked step's weight gradients in
-#: an order that depended on the machine; pglab/threads.py).
+#: an order that depended on the machine; pglab/threads.py), and the per-episode gradients
+#: behind grad_variance came from the stacked step's numpy backward (its last bits).
 NUMERICS: dict[str, str] = {"cartpole": "2026-12-03 one BLAS thread"}
 
 
