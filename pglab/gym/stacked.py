@@ -45,7 +45,9 @@ fifth to a half of the cost per call for the small calls lock-step makes most (m
 from ~1024 rows); ``numpy.matmul`` calls the BLAS once per slice, reductions run within
 a slice, and numpy's exp, log and tanh give an element the same bits wherever it sits,
 so the rules above hold there too, without the 64-value blocks (tested the same way).
-Which route a run takes depends on its activation only.
+Which route a run takes depends on its activation only. The numpy route's backward also
+gives :func:`per_episode_gradients` (the episodes of one batch as the slices, one
+parameter vector shared), which lock-step uses for ``variance_every``.
 
 Non-finite values are per run: a run whose loss or gradient is not finite keeps its
 parameters (``finite`` 0), one whose new parameters are not finite reports ``finite`` 0
