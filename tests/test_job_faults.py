@@ -24,7 +24,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import REPO, run_app
-from pglab_jobs import storage
+from pglab_jobs import batching, storage
+from pglab_jobs import progress as sweep_progress
 from pglab_jobs.metadata import job_hash
 from pglab_jobs.progress import Progress
 from test_sweeps import closed_port, silent_server
@@ -592,3 +593,38 @@ def _runs_to_sync(sweep: Path) -> int:
     )
     assert dry.returncode == 0, dry.stderr
     return sum("offline-run-" in line for line in dry.stdout.splitlines())
+
+
+def test_batch_eta_extrapolates_from_the_slowest_runs_share():
+    assert batching.batch_eta(10.0, 0.25) == "00:30"  # 10 s for a quarter: 30 s left
+    assert batching.batch_eta(90.0, 0.5) == "01:30"
+    assert batching.batch_eta(42.0, 1.0) == "00:00"
+    assert batching.batch_eta(3.0, 0.0) == "--:--"  # nothing to extrapolate from yet
+
+
+@pytest.mark.slow
+def test_a_lock_step_sweep_leaves_the_eta_to_the_batch_lines(tmp_path):
+    # Lock-step jobs end in bursts, so a job-rate ETA would be wild: the job lines point
+    # to the batch lines, whose ETA follows the batch's slowest run.
+    proc = run_app(
+        "tabular_ascent.py",
+        "-m",
+        "hydra/launcher=batched",
+        "hydra.launcher.n_jobs=1",
+        f"paths.output_dir={tmp_path}",
+        "sweep_name=eta",
+        "logger=none",
+        "progress=false",
+        "n_iterations=50",
+        "seed=0,1,2",
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    lines = re.findall(r"(\d) of 3 jobs done \(0 failed\), ETA ([^\n]+)", out)
+    assert sorted(lines) == [
+        ("1", "in the batch lines"),
+        ("2", "in the batch lines"),
+        ("3", "00:00"),
+    ]
+    assert re.search(r"batch 1/1: 3 of 3 runs finished, 150 iterations, .*, batch ETA 00:00", out)
+    assert "lockstep" in os.listdir(_sweep(tmp_path, "eta") / sweep_progress.PROGRESS_DIR)

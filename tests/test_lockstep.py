@@ -309,3 +309,22 @@ def test_every_gym_estimator_discount_and_policy_shape_stacks_bit_identically():
         solo = [train_lockstep([run(i, "reward_to_go", kind, dtype)])[0] for i in range(3)]
         group = train_lockstep([run(i, "reward_to_go", kind, dtype) for i in range(3)])
         assert all(_same(a, b) for a, b in zip(solo, group, strict=True)), (kind, dtype)
+
+
+def test_progress_reports_the_least_budget_share_of_the_unfinished_runs():
+    # The batch ends with its slowest run, so the progress carries the least share of its
+    # budget any unfinished run has used (the batch ETA extrapolates from it). Each run's
+    # share only grows and the set shrinks, so it never decreases; it is at most the mean
+    # share (env steps over the summed budgets); 1.0 once every run has ended.
+    specs = [dict(n=1, steps=600, seed=0), dict(n=5, steps=1500, seed=1)]
+    seen = []
+    train_lockstep(
+        [_run(**spec, step_size=1e-3) for spec in specs], report=seen.append, report_every_s=0.0
+    )
+    shares = [p.budget_used for p in seen]
+    assert len(shares) > 10
+    assert all(0.0 <= a <= b <= 1.0 for a, b in zip(shares, shares[1:], strict=False))
+    total = sum(spec["steps"] for spec in specs)
+    assert all(p.budget_used <= p.env_steps / total for p in seen if p.finished == 0)
+    assert shares[-1] == 1.0 and seen[-1].finished == 2
+    assert 0.0 < shares[len(shares) // 2] < 1.0

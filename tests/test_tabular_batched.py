@@ -147,6 +147,23 @@ def test_progress_is_reported_in_iterations_and_once_at_the_end():
     assert (last.runs, last.finished) == (3, 3)
     assert last.iterations == sum(len(outcome.history) for outcome in outcomes)
     assert last.wall_time > 0
+    assert last.budget_used == 1.0  # every run has ended
+
+
+def test_progress_reports_the_least_iteration_share_of_the_unfinished_runs():
+    mdp = zoo.make("chain")
+    runs = _runs(mdp, SPECS[:2])
+    runs[1] = AscentRun(runs[1].logits0, runs[1].step_size, 2 * runs[0].n_iterations)
+    seen: list[batched_ascent.AscentProgress] = []
+    batched_tabular_ascent(mdp, runs, report=seen.append, report_every_s=0.0)
+    k = runs[0].n_iterations
+    # while both run (i iterations each), the least share is run 1's, i / 2K
+    shares = [p.budget_used for p in seen]
+    assert all(a <= b for a, b in zip(shares, shares[1:], strict=False))
+    assert shares[-1] == 1.0
+    for p in seen:
+        if p.finished == 0:
+            assert p.budget_used == p.iterations / 2 / (2 * k)
 
 
 def test_a_callback_that_raises_ends_only_its_run():

@@ -188,7 +188,8 @@ def _in_job_context(config: DictConfig) -> None:
 
 def _report(label: str) -> Callable[[Any], None]:
     """A batch's progress line: env steps for gymnasium batches (``lockstep.Progress``),
-    ascent iterations for tabular ones (``batched_ascent.AscentProgress``)."""
+    ascent iterations for tabular ones (``batched_ascent.AscentProgress``), and the time
+    the batch has left (:func:`batch_eta`)."""
 
     def report(progress: Any) -> None:
         steps = getattr(progress, "env_steps", None)
@@ -199,15 +200,29 @@ def _report(label: str) -> Callable[[Any], None]:
         else:
             amount = f"{count} iterations, {rate:.0f} iterations/s"
         log.info(
-            "%s: %d of %d runs finished, %s, %.0fs",
+            "%s: %d of %d runs finished, %s, %.0fs, batch ETA %s",
             label,
             progress.finished,
             progress.runs,
             amount,
             progress.wall_time,
+            batch_eta(progress.wall_time, progress.budget_used),
         )
 
     return report
+
+
+def batch_eta(wall_time: float, budget_used: float) -> str:
+    """``mm:ss`` left in a lock-step batch, ``--:--`` before any run has used any budget.
+
+    A batch ends with its slowest run, so the time left is extrapolated from the least
+    share of its budget any unfinished run has used, f: ``wall_time (1 - f) / f``. Runs
+    that end take their copies and updates with them, so later steps are cheaper and the
+    estimate errs long (measured on the full ``cartpole_grid``, docs/batched.md).
+    """
+    if not budget_used > 0:
+        return "--:--"
+    return sweep_progress.clock(wall_time * (1.0 - min(budget_used, 1.0)) / budget_used)
 
 
 def launch(
@@ -449,6 +464,8 @@ def run_shard(sweep: Sweep, jobs: list[tuple[int, list[str]]]) -> dict[int, JobR
         for i in range(0, len(members), max_batch)
     ]
     original = HydraConfig.instance().cfg
+    if batches:  # jobs now end in bursts: the sweep line leaves the ETA to the batch lines
+        sweep_progress.mark_lockstep(Path(str(config.hydra.sweep.dir)))
 
     def close(item: _Pending, outcome: Any) -> None:
         """Write one job's results now (in its own Hydra context and log file)."""

@@ -9,7 +9,8 @@ the end; the lines land in the job's log file too.
 A sweep: the launching process records when the sweep started and how many jobs it has in
 ``<sweep_dir>/.pglab-sweep.lock`` (:mod:`pglab_jobs.callbacks`); every job, in whichever
 process it runs, records its end as an empty file ``<sweep_dir>/.pglab-progress/<status>~<job>``
-and logs :func:`sweep_line`: ``k of n jobs done (f failed), ETA mm:ss``. Empty files (no
+and logs :func:`sweep_line`: ``k of n jobs done (f failed), ETA mm:ss`` (under the batched
+launcher the ETA is in its batch lines). Empty files (no
 appends to one shared file) keep this safe on network file systems and across SLURM nodes.
 """
 
@@ -33,6 +34,9 @@ log = logging.getLogger("pglab.progress")
 SWEEP_LOCK_FILE = ".pglab-sweep.lock"
 #: One empty file per ended job of the current sweep run: ``<status>~<job key>``.
 PROGRESS_DIR = ".pglab-progress"
+#: In :data:`PROGRESS_DIR`: the jobs of this sweep run train in lock-step batches (written
+#: by the batched launcher; not a job: it has no ``~``).
+LOCKSTEP_MARK = "lockstep"
 #: A line-mode progress report at least this often (seconds).
 LINE_EVERY_S = 10.0
 
@@ -129,6 +133,16 @@ def record_job_end(sweep_dir: str | os.PathLike, key: str, status: str) -> bool:
     return True
 
 
+def mark_lockstep(sweep_dir: str | os.PathLike) -> None:
+    """Note that this sweep run's jobs train in lock-step batches (:func:`sweep_line`)."""
+    folder = Path(sweep_dir) / PROGRESS_DIR
+    try:
+        folder.mkdir(exist_ok=True)
+        (folder / LOCKSTEP_MARK).touch()
+    except OSError:  # the sweep line keeps its job-rate ETA
+        pass
+
+
 def ended_jobs(sweep_dir: str | os.PathLike) -> dict[str, int]:
     """Jobs of the current sweep run that ended, by status."""
     counts: dict[str, int] = {}
@@ -137,6 +151,8 @@ def ended_jobs(sweep_dir: str | os.PathLike) -> dict[str, int]:
     except OSError:
         return counts
     for name in names:
+        if "~" not in name:  # a mark, not a job
+            continue
         status = name.split("~", 1)[0]
         counts[status] = counts.get(status, 0) + 1
     return counts
@@ -154,7 +170,11 @@ def sweep_line(sweep_dir: str | os.PathLike) -> str | None:
     """``k of n jobs done (f failed), ETA mm:ss`` for the running sweep, or ``None``.
 
     The ETA extrapolates the sweep's throughput over the jobs that ran (skipped jobs take
-    no time and would make it optimistic), so it accounts for parallel workers.
+    no time and would make it optimistic), so it accounts for parallel workers. Jobs that
+    train in lock-step batches (:data:`LOCKSTEP_MARK`) end in bursts, most of a batch's
+    near its end, so a job rate says nothing there (it gave "ETA 2:15:44" for a sweep
+    with two minutes left): the line then points to the batch lines, whose ETA follows
+    the batch's slowest run.
     """
     state = read_sweep_state(sweep_dir)
     if not state or state.get("ended") or not state.get("started"):
@@ -172,6 +192,8 @@ def sweep_line(sweep_dir: str | os.PathLike) -> str | None:
     elapsed = (datetime.now(UTC) - started).total_seconds()
     if done == n_jobs:
         eta = clock(0)
+    elif (Path(sweep_dir) / PROGRESS_DIR / LOCKSTEP_MARK).exists():
+        eta = "in the batch lines"
     elif ran > 0:
         eta = clock(elapsed / ran * (n_jobs - done))
     else:

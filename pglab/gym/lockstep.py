@@ -335,6 +335,10 @@ class Progress:
     env_steps: int  # real steps of all runs so far
     vector_steps: int
     wall_time: float
+    #: the least share of its budget any unfinished run has used (1.0 once all have
+    #: ended): the batch ends with its slowest run, so ``wall_time * (1 - f) / f`` is
+    #: the time left if the runs keep their pace
+    budget_used: float = 0.0
 
 
 @thread_invariant
@@ -809,7 +813,13 @@ def _play(
     def progress() -> Progress:
         steps = sum(lr.env_steps for lr in learners if lr is not None)
         done = sum(o is not None for o in outcomes)
-        return Progress(n_runs, done, steps, step, time.perf_counter() - start)
+        shares = [
+            lr.budget_used()
+            for lr, outcome in zip(learners, outcomes, strict=True)
+            if lr is not None and outcome is None
+        ]
+        used = min(shares, default=1.0)
+        return Progress(n_runs, done, steps, step, time.perf_counter() - start, used)
 
     while active.any():
         for r in np.flatnonzero(playing & (cursor >= UNIFORM_BLOCK)):

@@ -384,6 +384,18 @@ class Learner:
         self.done = False
         self._start = time.perf_counter()
 
+    def budget_used(self) -> float:
+        """The share of its budget the run has used, in [0, 1]: the larger of
+        ``iteration / max_iterations`` and ``env_steps / max_env_steps`` (over the budgets
+        set; the run stops at whichever is spent first)."""
+        config = self.config
+        shares = [0.0]
+        if config.max_iterations is not None:
+            shares.append(self.iteration / config.max_iterations)
+        if config.max_env_steps is not None:
+            shares.append(self.env_steps / config.max_env_steps)
+        return min(max(shares), 1.0)
+
     def wants_batch(self, params_finite: bool | None = None) -> bool:
         """Whether the run goes on: budget left, no stop yet, parameters still finite
         (``params_finite``: the caller has just checked them; ``None``: check here)."""

@@ -277,6 +277,9 @@ class AscentProgress:
     finished: int
     iterations: int  # ascent steps taken, summed over the runs
     wall_time: float
+    #: the least share of its iterations any unfinished run has taken (1.0 once all have
+    #: ended); see :class:`pglab.gym.lockstep.Progress`
+    budget_used: float = 0.0
 
 
 @thread_invariant
@@ -338,7 +341,13 @@ def batched_tabular_ascent(
     def progress() -> AscentProgress:
         finished = sum(outcome is not None for outcome in outcomes)
         done = sum(len(history) for history in histories)
-        return AscentProgress(len(runs), finished, done, time.perf_counter() - start)
+        shares = [
+            len(history) / run.n_iterations
+            for run, history, outcome in zip(runs, histories, outcomes, strict=True)
+            if outcome is None
+        ]
+        used = min(shares, default=1.0)
+        return AscentProgress(len(runs), finished, done, time.perf_counter() - start, used)
 
     def logits_of(params: torch.Tensor) -> torch.Tensor:
         if phi_flat is None:
