@@ -31,6 +31,7 @@ from pglab_jobs.progress import Progress
 from test_sweeps import closed_port, silent_server
 
 from pglab import schema
+from pglab.gym import lockstep
 
 APP = str(REPO / "experiments" / "tabular_ascent.py")
 
@@ -600,6 +601,21 @@ def test_batch_eta_extrapolates_from_the_slowest_runs_share():
     assert batching.batch_eta(90.0, 0.5) == "01:30"
     assert batching.batch_eta(42.0, 1.0) == "00:00"
     assert batching.batch_eta(3.0, 0.0) == "--:--"  # nothing to extrapolate from yet
+    # with the batch's vector steps and the last interval's pace: 3000 steps for a quarter,
+    # 9000 more at 2 ms a step
+    assert batching.batch_eta(10.0, 0.25, 3000, 0.002) == "00:18"
+
+
+def test_the_batch_line_takes_the_pace_of_its_last_interval(caplog):
+    caplog.set_level("INFO", logger=batching.log.name)
+    report = batching._report("batch 1/1")
+    first = lockstep.Progress(2, 0, 1000, 1000, 10.0, budget_used=0.25)
+    # the next 1000 vector steps took 2 s, not 10: 2000 steps for a half, 2000 more at 2 ms
+    second = lockstep.Progress(2, 1, 2000, 2000, 12.0, budget_used=0.5)
+    report(first)
+    report(second)
+    etas = re.findall(r"batch ETA (\S+)", caplog.text)
+    assert etas == ["00:30", "00:04"]
 
 
 @pytest.mark.slow

@@ -189,7 +189,9 @@ def _in_job_context(config: DictConfig) -> None:
 def _report(label: str) -> Callable[[Any], None]:
     """A batch's progress line: env steps for gymnasium batches (``lockstep.Progress``),
     ascent iterations for tabular ones (``batched_ascent.AscentProgress``), and the time
-    the batch has left (:func:`batch_eta`)."""
+    the batch has left (:func:`batch_eta`, at the pace of the lock-step batch's last
+    reporting interval)."""
+    last = {"wall": 0.0, "vector_steps": 0}
 
     def report(progress: Any) -> None:
         steps = getattr(progress, "env_steps", None)
@@ -199,6 +201,11 @@ def _report(label: str) -> Callable[[Any], None]:
             amount = f"{steps / 1e6:.2f}M env steps, {rate / 1e3:.0f}k steps/s"
         else:
             amount = f"{count} iterations, {rate:.0f} iterations/s"
+        vector_steps = getattr(progress, "vector_steps", None)
+        pace = None
+        if vector_steps is not None and vector_steps > last["vector_steps"]:
+            pace = (progress.wall_time - last["wall"]) / (vector_steps - last["vector_steps"])
+            last.update(wall=progress.wall_time, vector_steps=vector_steps)
         log.info(
             "%s: %d of %d runs finished, %s, %.0fs, batch ETA %s",
             label,
@@ -206,23 +213,34 @@ def _report(label: str) -> Callable[[Any], None]:
             progress.runs,
             amount,
             progress.wall_time,
-            batch_eta(progress.wall_time, progress.budget_used),
+            batch_eta(progress.wall_time, progress.budget_used, vector_steps, pace),
         )
 
     return report
 
 
-def batch_eta(wall_time: float, budget_used: float) -> str:
+def batch_eta(
+    wall_time: float,
+    budget_used: float,
+    steps: int | None = None,
+    pace: float | None = None,
+) -> str:
     """``mm:ss`` left in a lock-step batch, ``--:--`` before any run has used any budget.
 
-    A batch ends with its slowest run, so the time left is extrapolated from the least
-    share of its budget any unfinished run has used, f: ``wall_time (1 - f) / f``. Runs
-    that end take their copies and updates with them, so later steps are cheaper and the
-    estimate errs long (measured on the full ``cartpole_grid``, docs/batched.md).
+    A batch ends with its slowest run, so what is left is extrapolated from the least
+    share of its budget any unfinished run has used, f: ``steps (1 - f) / f`` more vector
+    steps, at ``pace`` seconds a step (the last reporting interval's: runs that end take
+    their copies and updates with them, so steps get cheaper as a batch goes on). Without
+    ``steps`` and ``pace`` (tabular batches), at the batch's mean pace: ``wall_time
+    (1 - f) / f``. Either errs long, since later steps are cheaper still (measured on the
+    full ``cartpole_grid``, docs/batched.md).
     """
     if not budget_used > 0:
         return "--:--"
-    return sweep_progress.clock(wall_time * (1.0 - min(budget_used, 1.0)) / budget_used)
+    left = (1.0 - min(budget_used, 1.0)) / budget_used
+    if steps is None or pace is None:
+        return sweep_progress.clock(wall_time * left)
+    return sweep_progress.clock(steps * left * pace)
 
 
 def launch(
