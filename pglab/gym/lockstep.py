@@ -335,9 +335,9 @@ class Progress:
     env_steps: int  # real steps of all runs so far
     vector_steps: int
     wall_time: float
-    #: the least share of its budget any unfinished run has used (1.0 once all have
-    #: ended): the batch ends with its slowest run, so ``wall_time * (1 - f) / f`` is
-    #: the time left if the runs keep their pace
+    #: f, the least share of its budget any unfinished run has used (1.0 once all have
+    #: ended): the batch ends with its slowest run, so it needs about
+    #: ``vector_steps * (1 - f) / f`` more vector steps (the batched launcher's ETA)
     budget_used: float = 0.0
 
 
