@@ -25,6 +25,7 @@ numpy's loops. (The one remaining BLAS call, in :func:`loglog_slope` via
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -151,13 +152,20 @@ def _principal_axis(centred: np.ndarray, gram: np.ndarray, use_gram: bool) -> np
     return axis if axis[int(np.argmax(np.abs(axis)))] > 0 else -axis
 
 
+@functools.lru_cache(maxsize=4)
 def _bootstrap_counts(n_reps: int, n_resamples: int, seed: int) -> np.ndarray:
-    """``[B, K]`` float: how often each of the ``K`` rows is drawn in each of ``B`` resamples."""
+    """``[B, K]`` float: how often each of the ``K`` rows is drawn in each of ``B`` resamples.
+
+    Read-only and cached: a study tests every estimator of a cell with the cell's seed, so
+    the same ``[B, K]`` draws serve them all (drawing them is ~3.5 ms at B = 1000, K = 200).
+    """
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, n_reps, size=(n_resamples, n_reps))
     draws += (np.arange(n_resamples) * n_reps)[:, None]
     counts = np.bincount(draws.ravel(), minlength=n_resamples * n_reps)
-    return counts.reshape(n_resamples, n_reps).astype(np.float64)
+    counts = counts.reshape(n_resamples, n_reps).astype(np.float64)
+    counts.flags.writeable = False
+    return counts
 
 
 def bias_test(
@@ -273,6 +281,7 @@ def _bias_test(
     far = math.sqrt(q) + 10.0 * math.sqrt(trace)  # beyond any plausible ||b||
     # theta = 0 is the same world for every direction: 0 is rejected (at level
     # (1 - confidence) / 2) or not whatever u is, so the lower end is 0 for the axis.
+    quantiles = {level: _Quantile(n_resamples, level) for level in (upper_level, lower_level)}
     low, high = math.inf, 0.0
     for direction in directions:
         along = np.einsum("bd,d->b", resampled, direction)  # u.e_b
@@ -280,7 +289,7 @@ def _bias_test(
         def quantile(theta: float, level: float, along: np.ndarray = along) -> float:
             with np.errstate(invalid="ignore"):
                 world = (theta * theta + 2.0 * theta * along + sq_norms) * scale
-            return float(np.quantile(np.where(np.isnan(world), np.inf, world), level))
+            return quantiles[level](np.where(np.isnan(world), np.inf, world))
 
         end = 0.0
         if quantile(0.0, upper_level) < q:  # 0 rejected: smallest theta whose upper quantile >= q
@@ -289,6 +298,39 @@ def _bias_test(
         top, _ = _bisect(lambda theta, a=along: quantile(theta, lower_level, a) <= q, end, far)
         high = max(high, top)  # largest theta whose lower quantile <= q
     return {"p_value": p_value, "ci_low": low, "ci_high": high, "test_statistic": statistic}
+
+
+class _Quantile:
+    """``np.quantile(values, level)`` (its default ``linear`` method) for many arrays of one
+    length ``n``, at a fraction of the call's cost, bit for bit.
+
+    The bisections of :func:`_bias_test` ask for one quantile of a fresh ``[B]`` array ~240
+    times per test, and ``np.quantile``'s argument handling cost ~6x its partition (65 % of
+    a calibration study, measured). This does what ``np.quantile`` does for one level of a
+    1-D float array without NaN: the order statistics ``x_(i)`` and ``x_(i+1)`` around the
+    virtual index ``h = (n - 1) level`` (one ``partition``; order statistics do not depend
+    on which other positions a partition also fixes), then numpy's own ``_lerp``, ``a +
+    (b - a) g`` for ``g = h - i < 0.5`` and ``b - (b - a) (1 - g)`` otherwise, in the same
+    float64 operations. ``tests/test_stats.py`` holds it equal to ``np.quantile``.
+    """
+
+    def __init__(self, n: int, level: float) -> None:
+        self.level = level
+        virtual = (n - 1) * level
+        self.low = math.floor(virtual)
+        self.high = self.low + 1
+        self.gamma = virtual - self.low
+        self.inside = 0.0 <= virtual < n - 1  # else numpy's clamping rules: leave it to numpy
+
+    def __call__(self, values: np.ndarray) -> float:
+        if not self.inside:
+            return float(np.quantile(values, self.level))
+        ordered = np.partition(values, (self.low, self.high))
+        a, b = ordered[self.low], ordered[self.high]
+        diff = b - a
+        if self.gamma >= 0.5:
+            return float(b - diff * (1.0 - self.gamma))
+        return float(a + diff * self.gamma)
 
 
 def _bisect(below: Callable[[float], bool], low: float, high: float) -> tuple[float, float]:

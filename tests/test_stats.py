@@ -237,6 +237,38 @@ def test_loglog_slope():
 
 
 # ------------------------------------------------------------------ thread-free linear algebra
+def test_quantile_shortcut_is_numpys_quantile_bit_for_bit():
+    """The interval's bisections use ``_Quantile`` in place of ``np.quantile``; the interval
+    ends depend on every comparison with ``q``, so the two must agree exactly (equality,
+    no tolerance): on ties, infinities, negative values, and levels at and between ranks."""
+    from pglab.stats import _Quantile
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 3, 10, 999, 1000, 2000):
+        for level in (0.0, 0.025, 0.05, 0.5, 0.9, 0.975, 1.0, 1 / 3):
+            shortcut = _Quantile(n, level)
+            for case in range(6):
+                values = rng.standard_normal(n) * 10.0 ** rng.integers(-3, 4)
+                if case == 1:
+                    values = np.round(values)  # ties
+                if case == 2:
+                    values[rng.random(n) < 0.1] = np.inf  # degenerate resamples
+                if case == 3:
+                    values[:] = np.inf
+                if case == 4:
+                    values = values**2 * 1e-300  # subnormal spacings
+                if case == 5:
+                    values[rng.random(n) < 0.5] = 0.0
+                with np.errstate(invalid="ignore"):  # inf - inf: NaN in both
+                    expected = float(np.quantile(values, level))
+                    got = shortcut(values.copy())
+                assert got == expected or (math.isnan(got) and math.isnan(expected)), (
+                    n,
+                    level,
+                    case,
+                )
+
+
 def test_top_eigenvector_matches_lapack():
     """The interval's principal axis comes from a numpy tridiagonalisation (no threaded
     BLAS): it must be LAPACK's top eigenvector to round-off, for every size."""
