@@ -111,20 +111,22 @@ def test_batched_sweep_on_slurm_runs_its_shards_as_slurm_jobs_with_the_same_numb
 
 
 def test_a_batched_slurm_shard_that_dies_fails_its_jobs_and_a_rerun_does_them(tmp_path):
-    # Two jobs in two shards; the second shard's process is killed (SIGKILL: a lost node or
-    # the OOM killer, no warning) as soon as its job is open, while it trains (~5 s). Its
-    # job ends failed, the other shard's job lands, the sweep exits non-zero, and the same
-    # command then does only the missing job. (scancel would not do: SLURM cancels a step
-    # with SIGTERM, which submitit ignores, and sends SIGKILL KillWait = 5 s later, by
-    # which time a job this short may have finished.)
+    # Two jobs in two shards (dealt round-robin: job #1 to shard _1); the second shard's
+    # process is killed (SIGKILL: a lost node or the OOM killer, no warning) as soon as its
+    # job is open, while it trains (5*10^4 env steps at N = 2, ~4 s: some 20x the ~0.2 s
+    # from "open" to the kill). The first job is short (3,000 env steps), so the sweep ends
+    # as soon as the dead shard is noticed. The killed job ends failed, the other lands, the
+    # sweep exits non-zero, and the same command then does only the missing job. (scancel
+    # would not do: SLURM cancels a step with SIGTERM, which submitit ignores, and sends
+    # SIGKILL KillWait = 5 s later, by which time a job this short may have finished.)
     args = (
         "-m",
         *BATCHED_SLURM,
         f"paths.output_dir={tmp_path}",
         "sweep_name=dies",
-        "n_trajectories=1,2",
+        "n_trajectories=2",
         "budget.iterations=null",
-        "budget.env_steps=100000",
+        "budget.env_steps=3000,50000",
         "progress=false",
         "logger=none",
     )
@@ -148,7 +150,7 @@ def test_a_batched_slurm_shard_that_dies_fails_its_jobs_and_a_rerun_does_them(tm
     sweep = tmp_path / "multirun" / "cartpole" / "dies"
     opened, deadline = False, time.monotonic() + 120
     while not opened and time.monotonic() < deadline and proc.poll() is None:
-        metas = [storage.read_metadata(p) for p in sweep.glob("*n_trajectories=2*/")]
+        metas = [storage.read_metadata(p) for p in sweep.glob("*env_steps=50000*/")]
         opened = any(meta and meta.get("status") == "running" for meta in metas)
         time.sleep(0.05)
     assert opened, "the second shard's job never opened"
