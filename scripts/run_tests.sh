@@ -5,7 +5,8 @@
 #
 # 1. installs slurm-wlm + munge if missing and starts a private cluster (scripts/slurm/*.sh);
 # 2. runs .venv/bin/pytest "$@" with SLURM_CONF exported, wandb offline and confined to a
-#    temporary directory;
+#    temporary directory, on one pytest-xdist worker per core (tests/conftest.py groups the
+#    tests that must share a worker);
 # 3. always stops the cluster's daemons (trap EXIT) and exits with pytest's exit code.
 #
 # If the cluster cannot be started (e.g. not root on a laptop) the tests still run with
@@ -17,6 +18,8 @@
 #                             PGLAB_SLURM_PARTITION); start/stop nothing
 #   PGLAB_SLURM_KEEP=1        leave the test cluster running afterwards (faster reruns)
 #   PGLAB_SLURM_DIR           state dir of the test cluster [/tmp/pglab-slurm]
+#   PGLAB_TEST_WORKERS        pytest-xdist workers [auto: one per core]; 0 runs the tests in
+#                             this process, one after another (a "-n K" in the args wins too)
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -100,4 +103,6 @@ external)
     ;;
 esac
 
-"$PYTEST" "$@" 9>&-
+# One worker per core: the suite is CPU-bound and mostly single-threaded (measured on the
+# 2-core reference machine: 17 min one after another, see the README's "Tests").
+"$PYTEST" -n "${PGLAB_TEST_WORKERS:-auto}" --dist loadgroup "$@" 9>&-

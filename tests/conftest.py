@@ -83,3 +83,21 @@ def slurm_skip_reason() -> str | None:
 
 SLURM_SKIP_REASON = slurm_skip_reason()
 PARTITION = os.environ.get("PGLAB_SLURM_PARTITION", "debug")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Groups for ``pytest -n N --dist loadgroup`` (what ``make test`` runs, pytest-xdist):
+    the SLURM tests share one worker (they share the one-node test cluster, and one finds
+    its victim among the cluster's jobs), and a test that uses a module-scoped fixture runs
+    on the worker of its module's other such tests, so the fixture is built once. Every
+    other test goes to whichever worker is free."""
+    for item in items:
+        if item.get_closest_marker("slurm") is not None:
+            group = "slurm"
+        else:
+            info = getattr(item, "_fixtureinfo", None)
+            definitions = info.name2fixturedefs.values() if info is not None else ()
+            shared = any(d and d[-1].scope == "module" for d in definitions)
+            group = item.module.__name__ if shared else None
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
