@@ -28,7 +28,7 @@ test: venv
 	bash scripts/run_tests.sh $(PYTEST_ARGS)
 
 test-fast: venv
-	$(BIN)/pytest -m "not slow and not slurm" $(PYTEST_ARGS)
+	$(BIN)/pytest -n auto --dist loadgroup -m "not slow and not slurm" $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
