@@ -43,6 +43,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_update_rules.py
 	$(BIN)/python benchmarks/bench_lockstep.py
 	$(BIN)/python benchmarks/bench_tabular_batched.py
+	$(BIN)/python benchmarks/bench_calibration_study.py
 	$(BIN)/python benchmarks/bench_episode_selection.py
 	$(BIN)/python benchmarks/bench_batched_launcher.py
 
