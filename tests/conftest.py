@@ -98,6 +98,7 @@ def pytest_collection_modifyitems(config, items):
             info = getattr(item, "_fixtureinfo", None)
             definitions = info.name2fixturedefs.values() if info is not None else ()
             shared = any(d and d[-1].scope == "module" for d in definitions)
-            group = item.module.__name__ if shared else None
+            module = getattr(item, "module", None)
+            group = module.__name__ if shared and module is not None else None
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
