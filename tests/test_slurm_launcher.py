@@ -137,17 +137,20 @@ def test_a_batched_slurm_shard_that_dies_fails_its_jobs_and_a_rerun_does_them(tm
         stderr=subprocess.PIPE,
         text=True,
     )
+    sweep = tmp_path / "multirun" / "cartpole" / "dies"
     victim, deadline = None, time.monotonic() + 120
     while victim is None and time.monotonic() < deadline and proc.poll() is None:
+        # this sweep's second shard: the array task "<array id>_1" that submitit made a
+        # folder for in this sweep (another test's shard may still be ending in the queue)
+        ours = {path.name for path in sweep.glob(".submitit/*_1")}
         queue = subprocess.run(
             ["squeue", "-h", "-o", "%i %A %T"], capture_output=True, text=True
         ).stdout.split("\n")
-        # (array task, its job id) of the running shards; the second shard is task _1
+        # (array task, its job id) of the running shards
         running = [line.split()[:2] for line in queue if line.endswith(" RUNNING")]
-        victim = next((job for task, job in running if task.endswith("_1")), None)
+        victim = next((job for task, job in running if task in ours), None)
         time.sleep(0.2)
     assert victim is not None, "the second shard never ran"
-    sweep = tmp_path / "multirun" / "cartpole" / "dies"
     opened, deadline = False, time.monotonic() + 120
     while not opened and time.monotonic() < deadline and proc.poll() is None:
         metas = [storage.read_metadata(p) for p in sweep.glob("*env_steps=50000*/")]
