@@ -104,5 +104,5 @@ external)
 esac
 
 # One worker per core: the suite is CPU-bound and mostly single-threaded (measured on the
-# 2-core reference machine: 17 min one after another, see the README's "Tests").
+# 2-core reference machine: 17 min one after another, 11-13 min so; README, Quick start).
 "$PYTEST" -n "${PGLAB_TEST_WORKERS:-auto}" --dist loadgroup "$@" 9>&-
