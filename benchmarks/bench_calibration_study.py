@@ -18,7 +18,17 @@ The two sides alternate, study by study, ``--studies`` studies per cell (default
 script prints studies per second of each side and their ratio, and checks that every
 verdict (p-value, interval ends, statistic) is bit for bit the same on both sides.
 
-    .venv/bin/python benchmarks/bench_calibration_study.py [--studies 20]
+A second part times the test's two matrix products (the Gram matrix of the centred
+estimates and the bootstrap's ``counts @ centred``): pglab's BLAS calls on one thread
+(``stats._gram``, ``stats._resampled_means``) against ``np.einsum`` (the code before
+2026-12-03), on the zoo's largest gradients, Taxi (D = 3006, where the test takes its
+F-approximation and the Gram matrix is the main cost) and CliffWalking (D = 196, the
+bootstrap path), N = 10, all seven estimators, ``--product-studies`` studies each
+(default 5). A change of summation order moves last bits, so it prints the largest
+relative difference of any verdict number and counts the verdicts that differ (the test at
+level 0.05, and whether the interval covers the known bias); 0 expected.
+
+    .venv/bin/python benchmarks/bench_calibration_study.py [--studies 20] [--product-studies 5]
 """
 
 from __future__ import annotations
@@ -52,9 +62,70 @@ def _same(a: dict, b: dict) -> bool:
     )
 
 
+def _einsum_gram(centred: np.ndarray, use_gram: bool) -> np.ndarray:
+    """The baseline's Gram matrix: ``np.einsum``'s own loops."""
+    if use_gram:
+        return np.einsum("kd,jd->kj", centred, centred)
+    return np.einsum("kd,ke->de", centred, centred)
+
+
+def _einsum_resampled_means(counts: np.ndarray, centred: np.ndarray) -> np.ndarray:
+    """The baseline's bootstrap means: ``np.einsum``'s own loops."""
+    return np.einsum("bk,kd->bd", counts, centred) / centred.shape[0]
+
+
+def _verdicts(row: dict) -> tuple[bool, bool]:
+    """(rejected at 0.05, interval covers the known relative bias)."""
+    known = row["known_relative_bias"]
+    covers = row["relative_bias_ci_low"] <= known <= row["relative_bias_ci_high"]
+    return row["p_value"] < 0.05, covers
+
+
+def products(n_studies: int) -> None:
+    """The second part (module docstring): BLAS on one thread against np.einsum."""
+    names = list(estimators.ESTIMATORS)
+    shipped = (stats._gram, stats._resampled_means)
+    baseline = (_einsum_gram, _einsum_resampled_means)
+    for mdp_name in ("taxi", "cliffwalking"):
+        mdp = zoo.make(mdp_name, gamma=0.9)
+        logits = tabular_policy.initial_logits(mdp.n_states, mdp.n_actions, kind="random", seed=0)
+        truth = exact.solve(mdp, logits).gradient.flatten()
+        seconds = {"pglab": 0.0, "baseline": 0.0}
+        worst, differ, rows = 0.0, 0, 0
+        for study in range(n_studies):
+            verdicts = {}
+            for side, (gram, means) in (("baseline", baseline), ("pglab", shipped)):
+                stats._gram, stats._resampled_means = gram, means
+                start = time.perf_counter()
+                verdicts[side] = list(
+                    calibration.study_verdicts(mdp, logits, truth, 10, study, names)
+                )
+                seconds[side] += time.perf_counter() - start
+            stats._gram, stats._resampled_means = shipped
+            for a, b in zip(verdicts["pglab"], verdicts["baseline"], strict=True):
+                rows += 1
+                differ += _verdicts(a) != _verdicts(b)
+                for key in calibration.VERDICT_KEYS:
+                    x, y = a[key], b[key]
+                    if x != y and not (math.isnan(x) and math.isnan(y)):
+                        worst = max(worst, abs(x - y) / max(abs(x), abs(y)))
+        print(
+            f"{mdp_name} (D = {mdp.n_states * mdp.n_actions}), N = 10: products by np.einsum "
+            f"{1e3 * seconds['baseline'] / n_studies:.0f} ms a study, by the BLAS on one thread "
+            f"{1e3 * seconds['pglab'] / n_studies:.0f} ms: "
+            f"{seconds['baseline'] / seconds['pglab']:.2f}x; {rows} verdicts, largest relative "
+            f"difference {worst:.1e}, {differ} differ"
+        )
+        if differ:
+            raise SystemExit("a verdict changed with the products' summation order")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--studies", type=int, default=20, help="studies per cell and side")
+    parser.add_argument(
+        "--product-studies", type=int, default=5, help="studies per MDP in the products part"
+    )
     args = parser.parse_args()
     names = list(estimators.UNBIASED_ESTIMATORS)
     shipped = (stats._Quantile, stats._bootstrap_counts)
@@ -91,6 +162,7 @@ def main() -> None:
     print(f"verdicts: {rows} compared, {mismatches} differ in any bit")
     if mismatches:
         raise SystemExit("the two sides disagree")
+    products(args.product_studies)
 
 
 if __name__ == "__main__":
